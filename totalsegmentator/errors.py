@@ -8,7 +8,7 @@ class TotalSegmentatorError(Exception):
     exit_code = 1
 
 
-class OptionError(TotalSegmentatorError):
+class OptionError(TotalSegmentatorError, ValueError):
     """An invalid option or combination of options."""
 
     exit_code = 2

@@ -1,0 +1,99 @@
+"""Shared pieces of the console commands: one-line errors, exit codes and the ``-v`` traceback switch.
+
+Every command prints problems as ``<prog>: error: <message>`` on stderr (one line) and exits non-zero:
+2 for usage and option errors, the exception's ``exit_code`` for our own errors (1 for most), 1 for
+unexpected exceptions and 130 for Ctrl-C. Tracebacks are shown only with ``-v``/``--verbose``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from ..errors import TotalSegmentatorError
+from ..registry import TASKS
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def one_line(text: object) -> str:
+    """Collapse any whitespace (newlines included) so a message always fits on one line."""
+    return " ".join(str(text).split())
+
+
+def print_error(prog: str, message: object) -> None:
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr, flush=True)
+
+
+def print_warning(prog: str, message: object) -> None:
+    print(f"{prog}: warning: {one_line(message)}", file=sys.stderr, flush=True)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (no multi-line usage dump) and exit with code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print_error(self.prog, f"{message} (see '{self.prog} -h')")
+        sys.exit(EXIT_USAGE)
+
+
+def absolute_path(value: str) -> Path:
+    """argparse type: a path made absolute (not resolved, so symlinks stay as given)."""
+    if not value:
+        raise argparse.ArgumentTypeError("empty path")
+    return Path(value).expanduser().absolute()
+
+
+def task_name(value: str) -> str:
+    """argparse type: a task name of the registry; unknown names get the closest names as suggestions."""
+    if value in TASKS:
+        return value
+    from ..options import suggest  # noqa: PLC0415 - keeps this module importable without options
+
+    raise argparse.ArgumentTypeError(f"unknown task '{value}'{suggest(value, TASKS)}, list all tasks with --list-tasks")
+
+
+def wants_verbose(argv: Sequence[str]) -> bool:
+    """``-v``/``--verbose`` anywhere on the command line (known before parsing succeeds)."""
+    return any(a in ("-v", "--verbose") for a in argv)
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace | int:
+    """Parse ``argv``; return the exit code instead of raising SystemExit (``-h``, ``--version``, errors)."""
+    try:
+        return parser.parse_args(list(argv))
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USAGE)
+
+
+def run_guarded(prog: str, body: Callable[[], int | None], verbose: bool = False) -> int:
+    """Run a command body; turn every exception into one error line and an exit code."""
+    try:
+        code = body()
+        return EXIT_OK if code is None else int(code)
+    except TotalSegmentatorError as exc:
+        if verbose:
+            traceback.print_exc()
+        print_error(prog, exc)
+        return int(getattr(exc, "exit_code", EXIT_FAILURE))
+    except KeyboardInterrupt:
+        print_error(prog, "interrupted")
+        return EXIT_INTERRUPTED
+    except SystemExit as exc:  # a library calling sys.exit(); keep its code but do not let it escape main()
+        if exc.code is None or isinstance(exc.code, int):
+            return EXIT_OK if exc.code is None else exc.code
+        print_error(prog, exc.code)
+        return EXIT_FAILURE
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback without -v
+        if verbose:
+            traceback.print_exc()
+            print_error(prog, f"unexpected {type(exc).__name__}: {exc}")
+        else:
+            print_error(prog, f"unexpected {type(exc).__name__}: {exc} (rerun with -v to see the traceback)")
+        return EXIT_FAILURE
