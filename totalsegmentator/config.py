@@ -25,7 +25,10 @@ def home_dir() -> Path:
     env = os.environ.get("TOTALSEG_HOME_DIR")
     if env:
         return Path(env)
-    home = Path.home()
+    try:
+        home = Path.home()
+    except (RuntimeError, KeyError):  # no HOME and no passwd entry (some containers)
+        home = Path("/")
     if str(home) == "/":
         return Path("/tmp/.totalsegmentator")
     return home / ".totalsegmentator"
@@ -62,9 +65,10 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 def load_config() -> dict[str, Any] | None:
     """config.json as a dict, or None when it does not exist (or is not valid JSON)."""
     try:
-        return json.loads(config_path().read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        data = json.loads(config_path().read_text())
+    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def setup_config(totalseg_id: str | None = None) -> dict[str, Any]:
