@@ -1,0 +1,377 @@
+"""NIfTI loading/validation, atomic saving, label-name header extension, segmentation writers."""
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import struct
+
+import nibabel as nib
+import numpy as np
+import pytest
+from nibabel.nifti1 import Nifti1Extension
+
+from totalsegmentator.errors import InputImageError
+from totalsegmentator.io.label_header import (
+    add_label_map_to_nifti,
+    label_extension_xml,
+    load_multilabel_nifti,
+    read_label_map,
+    save_multilabel_nifti,
+)
+from totalsegmentator.io.nifti import load_input_image, save_nifti_atomic
+from totalsegmentator.io.writers import (
+    multilabel_image,
+    write_mask,
+    write_multilabel,
+    write_multilabel_image,
+    write_per_class,
+)
+
+# formats.md §10: the extension the official tool writes for {1: "spleen", 2: "kidney_right"}
+OFFICIAL_EXAMPLE = (
+    '<?xml version="1.0" encoding="UTF-8"?> <CaretExtension>  <Date><![CDATA[2013-07-14T05:45:09]]></Date>   '
+    '<VolumeInformation Index="0">   <LabelTable>\n'
+    '<Label Key="1" Red="0.0" Green="1.0" Blue="0.0" Alpha="1"><![CDATA[spleen]]></Label>\n'
+    '<Label Key="2" Red="0.0" Green="0.0" Blue="1.0" Alpha="1"><![CDATA[kidney_right]]></Label>\n'
+    '\n  </LabelTable>  <StudyMetaDataLinkSet>  </StudyMetaDataLinkSet>  <VolumeType><![CDATA[Label]]></VolumeType>'
+    '   </VolumeInformation></CaretExtension>\n              '
+)
+
+AFFINE = np.array([[-1.5, 0, 0, 90.0], [0, -1.5, 0, 120.0], [0, 0, 3.0, -50.0], [0, 0, 0, 1]])
+
+
+def _ref_image(shape=(6, 5, 4), qcode=1, scode=2, extra_ext=True) -> nib.Nifti1Image:
+    img = nib.Nifti1Image(np.arange(np.prod(shape), dtype=np.int16).reshape(shape), AFFINE)
+    img.header.set_qform(AFFINE, code=qcode)
+    img.header.set_sform(AFFINE, code=scode)
+    if extra_ext:
+        img.header.extensions.append(Nifti1Extension(6, b"scanner comment"))
+    return img
+
+
+def _seg(shape=(6, 5, 4)) -> np.ndarray:
+    seg = np.zeros(shape, np.uint8)
+    seg[1:3, 1:3, 1:3] = 1
+    seg[4, 0, :] = 3
+    return seg
+
+
+# ------------------------------------------------------------------------------------------------ label header
+
+def test_label_extension_is_byte_exact_official_example():
+    content = label_extension_xml({1: "spleen", 2: "kidney_right"})
+    assert content == OFFICIAL_EXAMPLE.encode("utf-8")
+    assert len(content) == 489
+
+
+def test_label_extension_on_disk_layout(tmp_path):
+    img = nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4))
+    path = save_multilabel_nifti(img, tmp_path / "ml.nii", {1: "spleen", 2: "kidney_right"})
+    raw = path.read_bytes()
+    assert raw[348:352] == b"\x01\x00\x00\x00"  # extension flag
+    esize, ecode = struct.unpack("<ii", raw[352:360])
+    assert (esize, ecode) == (512, 0)
+    assert raw[360:360 + 489] == OFFICIAL_EXAMPLE.encode()
+    assert set(raw[360 + 489:352 + 512]) == {0}
+    assert nib.load(path).header.extensions[0].get_content() == OFFICIAL_EXAMPLE.encode()
+
+
+def test_label_colours_cycle_through_palette():
+    text = label_extension_xml({7: "a", 12: "b", 11: "c"}).decode()
+    assert '<Label Key="7" Red="1.0" Green="0.0" Blue="0.5019607843137255" Alpha="1"><![CDATA[a]]>' in text
+    assert '<Label Key="12" Red="1.0" Green="0.0" Blue="0.0" Alpha="1"><![CDATA[b]]>' in text
+    assert 'Key="11" Red="0.7254901960784313" Green="0.6666666666666666" Blue="0.6078431372549019"' in text
+    assert text.index('Key="7"') < text.index('Key="12"') < text.index('Key="11"')  # dict order kept
+
+
+def test_label_map_from_list_and_none():
+    img = nib.Nifti1Image(np.array([[[0, 5], [9, 5]]], np.uint8), np.eye(4))
+    assert read_label_map(add_label_map_to_nifti(img, ["liver", "spleen"])) == {1: "liver", 2: "spleen"}
+    assert read_label_map(add_label_map_to_nifti(img, None)) == {5: "L5", 9: "L9"}
+    # replaced, not stacked
+    assert sum(e.get_code() == 0 for e in img.header.extensions) == 1
+
+
+def test_multilabel_round_trip_and_foreign_extension_first(tmp_path):
+    img = nib.Nifti1Image(_seg(), AFFINE)
+    img.header.extensions.append(Nifti1Extension(0, b"not xml at all"))  # foreign ecode-0 extension first
+    img.header.extensions.append(Nifti1Extension(6, b"comment"))
+    path = save_multilabel_nifti(img, tmp_path / "seg.nii.gz", {1: "liver", 3: "aorta"})
+    loaded, label_map = load_multilabel_nifti(path)
+    assert label_map == {1: "liver", 3: "aorta"}
+    assert [e.get_code() for e in loaded.header.extensions] == [0, 6, 0]
+    assert np.array_equal(np.asanyarray(loaded.dataobj), _seg())
+    # the official import path gives the same function
+    from totalsegmentator.nifti_ext_header import load_multilabel_nifti as official_path
+    assert official_path(path)[1] == label_map
+
+
+def test_single_label_and_names_with_markup(tmp_path):
+    img = nib.Nifti1Image(np.ones((2, 2, 2), np.uint8), np.eye(4))
+    path = save_multilabel_nifti(img, tmp_path / "one.nii.gz", {1: "a&b <c> ]]> d"})
+    assert load_multilabel_nifti(path)[1] == {1: "a&b <c> ]]> d"}
+
+
+def test_load_multilabel_without_extension_is_clear_error(tmp_path):
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4)), tmp_path / "plain.nii.gz")
+    with pytest.raises(InputImageError, match="no label-name header extension"):
+        load_multilabel_nifti(tmp_path / "plain.nii.gz")
+    with pytest.raises(InputImageError, match="not found"):
+        load_multilabel_nifti(tmp_path / "missing.nii.gz")
+
+
+# ------------------------------------------------------------------------------------------------------ writers
+
+def test_write_per_class_files(tmp_path):
+    ref = _ref_image()
+    add_label_map_to_nifti(ref, {1: "stale"})  # a label extension on the input must not be copied
+    seg = _seg()
+    classes = {1: "liver", 2: "spleen", 3: "aorta"}
+    paths = write_per_class(seg, classes, ref, tmp_path / "out", nr_threads=3)
+    assert [p.name for p in paths] == ["liver.nii.gz", "spleen.nii.gz", "aorta.nii.gz"]
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(p.name for p in paths)
+    for label, path in zip(classes, paths):
+        img = nib.load(path)
+        data = np.asanyarray(img.dataobj)
+        assert img.get_data_dtype() == np.uint8 and data.dtype == np.uint8
+        assert np.array_equal(data, (seg == label).astype(np.uint8))
+        assert np.array_equal(img.affine, AFFINE)
+        assert (int(img.header["qform_code"]), int(img.header["sform_code"])) == (1, 2)
+        assert [(e.get_code(), e.get_content()) for e in img.header.extensions] == [(6, b"scanner comment")]
+        assert read_label_map(img) is None
+        assert np.isnan(img.header["scl_slope"]) and np.isnan(img.header["scl_inter"])
+    assert not np.asanyarray(nib.load(paths[1]).dataobj).any()  # empty class still written
+
+
+def test_write_per_class_threads_give_identical_bytes(tmp_path):
+    ref, seg = _ref_image(), _seg()
+    classes = {1: "liver", 2: "spleen", 3: "aorta"}
+    one = write_per_class(seg, classes, ref, tmp_path / "a", nr_threads=1)
+    many = write_per_class(seg, classes, ref, tmp_path / "b", nr_threads=4)
+    assert [p.read_bytes() for p in one] == [p.read_bytes() for p in many]
+
+
+def test_writer_keeps_codes_with_a_different_affine(tmp_path):
+    ref = _ref_image(qcode=1, scode=1)
+    low = AFFINE.copy()
+    low[:3, :3] *= 2
+    img = nib.load(write_per_class(_seg(), {1: "liver"}, ref, tmp_path, affine=low)[0])
+    assert np.allclose(img.affine, low)
+    assert (int(img.header["qform_code"]), int(img.header["sform_code"])) == (1, 1)
+
+
+def test_write_multilabel(tmp_path):
+    ref, seg = _ref_image(), _seg()
+    path = write_multilabel(seg, {1: "liver", 3: "aorta"}, ref, tmp_path / "sub" / "seg.nii.gz")
+    img, label_map = load_multilabel_nifti(path)
+    assert label_map == {1: "liver", 3: "aorta"}
+    assert [e.get_code() for e in img.header.extensions] == [6, 0]  # label extension appended last
+    assert img.get_data_dtype() == np.uint8
+    assert np.array_equal(np.asanyarray(img.dataobj), seg)
+    assert np.array_equal(img.affine, AFFINE)
+    built = multilabel_image(seg, ["a", "b", "c"], ref)
+    assert read_label_map(built) == {1: "a", 2: "b", 3: "c"}
+    again = write_multilabel_image(built, tmp_path / "again.nii.gz")
+    assert load_multilabel_nifti(again)[1] == {1: "a", 2: "b", 3: "c"}
+
+
+def test_write_mask_fresh_header(tmp_path):
+    img = nib.load(write_mask(np.ones((2, 3, 4), bool), AFFINE, tmp_path / "body.nii.gz"))
+    assert img.get_data_dtype() == np.uint8 and len(img.header.extensions) == 0
+    assert np.array_equal(img.affine, AFFINE) and np.asanyarray(img.dataobj).sum() == 24
+
+
+# ----------------------------------------------------------------------------------------------- atomic saving
+
+def test_save_atomic_gzip_and_plain(tmp_path):
+    img = nib.Nifti1Image(np.arange(24, dtype=np.int16).reshape(2, 3, 4), AFFINE)
+    gz = save_nifti_atomic(img, tmp_path / "x.nii.gz", compresslevel=9)
+    plain = save_nifti_atomic(img, tmp_path / "x.nii")
+    assert gz.read_bytes()[:2] == b"\x1f\x8b" and plain.read_bytes()[:2] != b"\x1f\x8b"
+    assert gzip.decompress(gz.read_bytes()) == plain.read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ["x.nii", "x.nii.gz"]
+    assert np.array_equal(nib.load(gz).get_fdata(), np.arange(24).reshape(2, 3, 4))
+
+
+def test_save_atomic_failure_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
+    target = tmp_path / "seg.nii.gz"
+    target.write_bytes(b"old")
+    img = nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4))
+
+    def boom(fileobj):
+        fileobj.write(b"partial")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(img, "to_stream", boom)
+    with pytest.raises(RuntimeError):
+        save_nifti_atomic(img, target)
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["seg.nii.gz"]
+
+
+# ---------------------------------------------------------------------------------------------- input checking
+
+def _save(img, path):
+    nib.save(img, path)
+    return path
+
+
+def test_load_valid_image_keeps_header(tmp_path):
+    path = _save(_ref_image(), tmp_path / "ct.nii.gz")
+    img = load_input_image(path)
+    assert isinstance(img, nib.Nifti1Image) and img.shape == (6, 5, 4)
+    assert np.array_equal(img.affine, AFFINE)
+    assert (int(img.header["qform_code"]), int(img.header["sform_code"])) == (1, 2)
+    assert img.header.extensions[0].get_content() == b"scanner comment"
+    assert np.array_equal(np.asanyarray(img.dataobj), np.arange(120).reshape(6, 5, 4))
+
+
+def test_load_in_memory_image_and_scaled_data(tmp_path):
+    raw = nib.Nifti1Image(np.array([[[1, 2], [3, 4]]], np.int16), np.eye(4))
+    raw.header.set_slope_inter(2.0, -1.0)
+    path = _save(raw, tmp_path / "scaled.nii")
+    img = load_input_image(path)
+    assert np.array_equal(np.asanyarray(img.dataobj), [[[1, 3], [5, 7]]])
+    assert img.get_data_dtype() == np.asanyarray(img.dataobj).dtype
+    same = load_input_image(img)
+    assert np.array_equal(same.get_fdata(), img.get_fdata())
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "input file not found"),
+    ("directory", "is a directory"),
+    ("truncated", "truncated"),
+    ("random_gz", "not gzip-compressed"),
+    ("random_nii", "not a NIfTI"),
+    ("two_d", "is 2-D with shape (4, 5)"),
+    ("two_volumes", "shape (4, 4, 3, 2): 2 volumes"),
+    ("zero_axis", "empty axis"),
+    ("all_nan", "no finite voxel"),
+    ("rgb", "structured voxel type"),
+    ("complex", "complex"),
+])
+def test_bad_inputs_raise_clear_one_line_error(tmp_path, case, message):
+    p = tmp_path / "in.nii.gz"
+    if case == "directory":
+        p = tmp_path
+    elif case == "truncated":
+        _save(nib.Nifti1Image(np.random.default_rng(0).normal(size=(20, 20, 20)).astype(np.float32), np.eye(4)), p)
+        p.write_bytes(p.read_bytes()[:3000])
+    elif case == "random_gz":
+        p.write_bytes(os.urandom(600))
+    elif case == "random_nii":
+        p = tmp_path / "in.nii"
+        p.write_bytes(b"\x00\x01" * 300)
+    elif case == "two_d":
+        _save(nib.Nifti1Image(np.zeros((4, 5), np.float32), np.eye(4)), p)
+    elif case == "two_volumes":
+        _save(nib.Nifti1Image(np.zeros((4, 4, 3, 2), np.float32), np.eye(4)), p)
+    elif case == "zero_axis":
+        _save(nib.Nifti1Image(np.zeros((4, 0, 3), np.float32), np.eye(4)), p)
+    elif case == "all_nan":
+        _save(nib.Nifti1Image(np.full((3, 3, 3), np.nan, np.float32), np.eye(4)), p)
+    elif case == "rgb":
+        rgb = np.zeros((3, 3, 3), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+        _save(nib.Nifti1Image(rgb, np.eye(4)), p)
+    elif case == "complex":
+        _save(nib.Nifti1Image(np.zeros((3, 3, 3), np.complex64), np.eye(4)), p)
+    with pytest.raises(InputImageError) as info:
+        load_input_image(p)
+    text = str(info.value)
+    assert message in text
+    assert "\n" not in text
+
+
+def test_single_volume_4d_is_squeezed(tmp_path):
+    data = np.arange(60, dtype=np.int16).reshape(3, 4, 5, 1)
+    img = load_input_image(_save(nib.Nifti1Image(data, AFFINE), tmp_path / "v.nii.gz"))
+    assert img.shape == (3, 4, 5) and img.header.get_data_shape() == (3, 4, 5)
+    assert np.array_equal(np.asanyarray(img.dataobj), data[..., 0])
+
+
+def test_nan_and_inf_are_replaced_with_a_warning(tmp_path, caplog):
+    data = np.array([[[1.0, np.nan], [np.inf, -np.inf]], [[-3.0, 7.5], [0.0, 2.0]]], np.float32)
+    path = _save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "nan.nii.gz")
+    with caplog.at_level(logging.WARNING, logger="totalsegmentator"):
+        out = np.asanyarray(load_input_image(path).dataobj)
+    assert out[0, 0, 1] == -3.0 and out[0, 1, 1] == -3.0 and out[0, 1, 0] == 7.5
+    assert np.array_equal(out[1], data[1])
+    assert "3 NaN/infinite voxels" in caplog.text
+
+
+def test_singular_sform_falls_back_to_qform(tmp_path, caplog):
+    img = nib.Nifti1Image(np.zeros((3, 3, 3), np.float32), None)  # affine None: nibabel keeps our header
+    img.header.set_qform(AFFINE, code=1)
+    img.header.set_sform(np.zeros((4, 4)), code=2)
+    path = _save(img, tmp_path / "sing.nii")
+    with caplog.at_level(logging.WARNING, logger="totalsegmentator"):
+        out = load_input_image(path)
+    assert np.allclose(out.affine, AFFINE) and "using its qform" in caplog.text
+
+
+def test_nan_sform_without_qform_falls_back_to_voxel_sizes(tmp_path, caplog):
+    img = nib.Nifti1Image(np.zeros((3, 3, 3), np.float32), None)
+    img.header.set_zooms((2.0, 3.0, 4.0))
+    img.header.set_sform(np.full((4, 4), np.nan), code=2)
+    img.header["qform_code"] = 0
+    with caplog.at_level(logging.WARNING, logger="totalsegmentator"):
+        out = load_input_image(_save(img, tmp_path / "nan_sform.nii"))
+    assert np.allclose(out.affine, np.diag([2.0, 3.0, 4.0, 1.0])) and "voxel sizes" in caplog.text
+
+
+def test_no_usable_geometry_is_refused():
+    img = nib.Nifti1Image(np.zeros((3, 3, 3), np.float32), None)  # in memory: nibabel does not fix pixdim
+    img.header.set_zooms((0.0, 0.0, 0.0))
+    img.header["qform_code"] = 0
+    img.header["sform_code"] = 0
+    with pytest.raises(InputImageError, match="no usable geometry"):
+        load_input_image(img)
+
+
+def test_sheared_affine_is_kept_with_warning(tmp_path, caplog):
+    sheared = np.array([[1.0, 0.3, 0, 0], [0, 1, 0, 0], [0, 0, 2, 0], [0, 0, 0, 1]])
+    img = nib.Nifti1Image(np.zeros((3, 3, 3), np.float32), sheared)
+    with caplog.at_level(logging.WARNING, logger="totalsegmentator"):
+        out = load_input_image(_save(img, tmp_path / "shear.nii"))
+    assert np.allclose(out.affine, sheared) and "sheared" in caplog.text
+
+
+def test_wrong_argument_type():
+    with pytest.raises(InputImageError, match="file path or a nibabel image"):
+        load_input_image(42)
+
+
+def test_real_scan_round_trip(shared_data, tmp_path):
+    img = load_input_image(shared_data / "example_ct_sm.nii.gz")
+    seg = (np.asanyarray(img.dataobj) > 200).astype(np.uint8)
+    path = write_multilabel(seg, {1: "bone"}, img, tmp_path / "seg.nii.gz")
+    out, label_map = load_multilabel_nifti(path)
+    assert label_map == {1: "bone"} and out.shape == img.shape
+    assert np.array_equal(out.affine, img.affine)
+    assert np.array_equal(np.asanyarray(out.dataobj), seg)
+
+
+def test_empty_classes_share_the_same_file_content(tmp_path):
+    ref, seg = _ref_image(), _seg()
+    paths = write_per_class(seg, {2: "a", 4: "b", 1: "c"}, ref, tmp_path, nr_threads=2)
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    direct = write_per_class(np.zeros_like(seg, dtype=np.int16), {2: "x"}, ref, tmp_path / "d")[0]
+    assert direct.read_bytes() == paths[0].read_bytes()  # the shared content equals a normally written file
+    assert not np.asanyarray(nib.load(paths[1]).dataobj).any()
+
+
+def test_other_formats_become_nifti1(tmp_path):
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    n2 = nib.Nifti2Image(np.ones((3, 4, 5), np.int16), affine)
+    n2.header.extensions.append(Nifti1Extension(6, b"kept"))
+    nib.save(n2, tmp_path / "n2.nii")
+    nib.save(nib.MGHImage(np.ones((3, 4, 5), np.float32), affine), tmp_path / "m.mgz")
+    for name in ("n2.nii", "m.mgz"):
+        img = load_input_image(tmp_path / name)
+        assert type(img) is nib.Nifti1Image and img.shape == (3, 4, 5)
+        assert np.allclose(img.affine, affine)
+        back = nib.load(save_nifti_atomic(img, tmp_path / f"{name}.out.nii.gz"))
+        assert np.allclose(back.affine, affine) and int(back.header["sizeof_hdr"]) == 348
+    assert load_input_image(tmp_path / "n2.nii").header.extensions[0].get_content() == b"kept"
+
