@@ -106,7 +106,7 @@ def test_logits_match_nnunet_exactly_in_half_precision(weights, single, on_devic
 
 def test_float32_logits_are_the_exact_gaussian_average(single):
     data, _ = preprocess(single, ct_like(seed=1), (1.5, 1.5, 1.5))
-    ours = predict_logits(single, data, 0.5)
+    ours = predict_logits(single, data, 0.5, accumulate_dtype=torch.float32)
     assert ours.dtype == torch.float32
     reference = reference_logits_float64(single, data, 0.5)
     assert torch.allclose(ours.double(), reference, atol=1e-4, rtol=1e-5)
@@ -118,7 +118,7 @@ def test_float32_labels_differ_from_nnunet_only_by_its_rounding(weights, single)
     there."""
     data, _ = preprocess(single, ct_like(seed=2), (1.5, 1.5, 1.5))
     nnunet = nnunet_predictor(weights["single"], (0,)).predict_logits_from_preprocessed_data(data).argmax(0)
-    ours = predict_logits(single, data, 0.5).argmax(0)
+    ours = predict_logits(single, data, 0.5, accumulate_dtype=torch.float32).argmax(0)
     exact = reference_logits_float64(single, data, 0.5)
     top2 = exact.topk(2, dim=0).values
     decided = (top2[0] - top2[1]) > 1e-4
@@ -153,7 +153,7 @@ def test_multi_fold_ensemble_matches_nnunet(weights):
     ours = predict_logits(model, data, 0.5, accumulate_dtype=torch.float16)
     assert torch.allclose(ours.float(), reference.float(), atol=1e-4, rtol=0)
     assert torch.equal(ours.argmax(0), reference.argmax(0))
-    ensemble = predict_logits(model, data, 0.5)
+    ensemble = predict_logits(model, data, 0.5, accumulate_dtype=torch.float32)
     assert torch.allclose(ensemble.double(), reference_logits_float64(model, data, 0.5), atol=1e-4, rtol=1e-5)
 
     fold0 = predict_logits(load_model(weights["folds"], (0,), CPU), data, 0.5)
@@ -171,8 +171,8 @@ def test_image_smaller_than_patch_and_other_step_size(weights, single):
 
 def test_tile_batches_give_the_same_logits(single):
     data, _ = preprocess(single, ct_like(seed=6), (1.5, 1.5, 1.5))
-    one = predict_logits(single, data, 0.5)
-    batched = predict_logits(single, data, 0.5, tile_batch_size=3)
+    one = predict_logits(single, data, 0.5, accumulate_dtype=torch.float32)
+    batched = predict_logits(single, data, 0.5, tile_batch_size=3, accumulate_dtype=torch.float32)
     assert torch.allclose(one, batched, atol=1e-4)
 
 

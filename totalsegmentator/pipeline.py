@@ -1,0 +1,288 @@
+"""The segmentation chain for one image, as a readable sequence of in-memory stage calls.
+
+input image -> crop -> canonical orientation -> resample to the model spacing -> (split) -> models -> merge
+-> postprocessing at model resolution -> resample back -> original orientation -> uncrop -> label rules.
+
+``predict_image`` runs one mode of one task; ``segment`` adds what surrounds it: the rough crop model, body
+cropping, helper models (vertebrae_pp_refined) and the rules applied at the input's resolution.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import ornt_transform
+
+from . import postprocessing as post
+from .errors import OptionError
+from .preprocessing import cropping, orientation, resampling, splitting
+from .registry import Mode, Part, Task, get_task, rough_crop_model
+from .timing import NULL_TIMER, StageTimer
+
+ROUGH_CROP_MARGIN_MM = (20.0, 20.0, 20.0)  # official: the task's crop_addon is ignored with rough models
+BODY_SEG_MARGIN_MM = (3.0, 3.0, 3.0)
+BODY_CLASSES = {"body_trunc", "body_extremities"}
+_CANONICAL = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
+# the rough crop models are modes of ordinary tasks
+ROUGH_KIND_TO_MODE = {"ct_default": ("total", "fastest"), "ct_robust": ("total", "fast"),
+                      "mr_always": ("total_mr", "fast"), "body": ("body", "fast")}
+
+
+@dataclass
+class RunSettings:
+    """Everything of the user's options that changes how one image is predicted."""
+
+    device: object = "cpu"  # torch.device, resolved once by the API
+    resampling_order: int = 1
+    nr_thr_resamp: int = 1
+    force_split: bool = False
+    save_lowres: bool = False
+    higher_order_resampling: bool = False
+    higher_order_resampling_legacy: bool = False
+    remove_small_blobs_mm3: float | None = None
+    quiet: bool = False
+    plans_override: str | None = None  # total_v3 --model_size small
+    save_probabilities: Path | None = None
+    timer: StageTimer = field(default_factory=lambda: NULL_TIMER)
+
+
+@dataclass
+class LowRes:
+    """The prediction at model resolution in canonical orientation (for fast statistics and the preview)."""
+
+    labels: np.ndarray
+    image: np.ndarray
+    affine: np.ndarray
+
+
+@dataclass
+class Prediction:
+    labels: np.ndarray  # uint8, input geometry (or model geometry with save_lowres)
+    affine: np.ndarray
+    lowres: LowRes | None
+    empty_crop: bool = False
+
+
+def _voxel_sizes(affine: np.ndarray) -> np.ndarray:
+    return np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+
+
+def _model_parts(task: Task, mode: Mode, roi_subset: list[str] | None) -> list[Part]:
+    if mode.parts:
+        parts = list(mode.parts)
+        if roi_subset:
+            wanted = set(roi_subset)
+            parts = [p for p in parts if wanted & set(p.class_map.values())]
+        return parts
+    # single model: its labels are already the task's labels
+    return [Part(mode.dataset_ids[0], dict(task.class_map))]
+
+
+def _predict_models(data: np.ndarray, spacing: tuple, task: Task, mode: Mode, parts: list[Part],
+                    s: RunSettings) -> np.ndarray:
+    """Run every part model on the same image and merge their labels into the task's class ids."""
+    from .inference.cache import get_model
+    from .inference.predictor import predict_labels
+
+    multi = len(mode.parts) > 1
+    result = np.zeros(data.shape, dtype=np.uint8)
+    plans = s.plans_override or mode.plans
+    for part in parts:
+        with s.timer.stage("load_model"):
+            model = get_model(part.dataset_id, mode.trainer, plans, mode.configuration, mode.folds, s.device)
+        with s.timer.stage("network"):
+            out = predict_labels(model, data, spacing, mode.step_size, s.device,
+                                 return_probabilities=s.save_probabilities is not None, progress=not s.quiet)
+        if s.save_probabilities is not None:
+            out, probabilities = out
+            _save_probabilities(probabilities, spacing, s.save_probabilities)
+        with s.timer.stage("merge"):
+            if not multi:
+                result = out.astype(np.uint8, copy=False)
+                continue
+            ids = task.class_ids
+            lut = np.zeros(max(part.class_map) + 1, dtype=np.uint8)
+            for part_label, name in part.class_map.items():
+                lut[part_label] = ids[name]
+            mapped = lut[out]
+            np.copyto(result, mapped, where=mapped > 0)  # later parts win on overlap, as the official does
+    return result
+
+
+def _save_probabilities(probabilities: np.ndarray, spacing: tuple, path: Path) -> None:
+    import pickle
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path if path.suffix == ".npz" else path.with_suffix(".npz"),
+                        probabilities=probabilities)
+    with open(path.with_suffix(".pkl"), "wb") as f:
+        pickle.dump({"spacing": list(spacing)[::-1], "shape_zyx": probabilities.shape[1:]}, f)
+
+
+def _predict_resampled(data: np.ndarray, spacing: tuple, task: Task, mode: Mode, parts: list[Part],
+                       s: RunSettings) -> np.ndarray:
+    """Models on the resampled canonical image, in overlapping z-chunks when the image is big."""
+    if not splitting.needs_split(data.shape, multi_model=len(mode.parts) > 1, force=s.force_split):
+        return _predict_models(data, spacing, task, mode, parts, s)
+    chunks = splitting.plan_chunks(data.shape[2])
+    results = [_predict_models(np.ascontiguousarray(window), spacing, task, mode, parts, s)
+               for window in splitting.split_array(data, chunks)]
+    return splitting.merge_chunks(results, chunks)
+
+
+def _postprocess_lowres(labels: np.ndarray, task: Task, affine: np.ndarray, s: RunSettings) -> np.ndarray:
+    voxel_volume = float(np.prod(_voxel_sizes(affine)))
+    if task.auxiliary_labels:
+        labels = post.remove_labels(labels, list(task.auxiliary_labels))
+    if "body" in task.postprocessing:
+        labels = post.body_postprocessing(labels, voxel_volume)
+    if "vertebrae_pp" in task.postprocessing:
+        labels = post.vertebrae_postprocessing(labels, _voxel_sizes(affine))
+    if s.remove_small_blobs_mm3:
+        labels = post.remove_small_blobs(labels, voxel_volume, s.remove_small_blobs_mm3)
+    return labels
+
+
+def predict_image(img: nib.Nifti1Image, task: Task, mode: Mode, s: RunSettings,
+                  crop_mask: np.ndarray | None = None, crop_margin_mm: tuple = ROUGH_CROP_MARGIN_MM,
+                  roi_subset: list[str] | None = None) -> Prediction:
+    """One mode of one task on one image; returns labels in the image's own voxel grid."""
+    data = np.asanyarray(img.dataobj)
+    affine = img.affine
+    input_shape = data.shape
+    bbox = None
+    if crop_mask is not None:
+        bbox = cropping.bbox_from_mask(crop_mask, crop_margin_mm, _voxel_sizes(affine))
+        if bbox is None:
+            return Prediction(np.zeros(input_shape, np.uint8), affine, None, empty_crop=True)
+        data, affine = cropping.crop_to_bbox(data, affine, bbox)
+
+    with s.timer.stage("reorient"):
+        data_c, affine_c, reorientation = orientation.to_canonical(data, affine)
+    resample = mode.spacing is not None and not s.higher_order_resampling
+    with s.timer.stage("resample"):
+        if resample:
+            data_r, affine_r, _ = resampling.resample_image(data_c, affine_c, mode.spacing, s.resampling_order,
+                                                            threads=s.nr_thr_resamp)
+        else:
+            data_r, affine_r = data_c, affine_c
+
+    parts = _model_parts(task, mode, roi_subset)
+    labels_r = _predict_resampled(data_r, tuple(_voxel_sizes(affine_r)), task, mode, parts, s)
+    with s.timer.stage("postprocess"):
+        labels_r = _postprocess_lowres(labels_r, task, affine_r, s)
+    lowres = LowRes(labels_r, data_r, affine_r)
+
+    with s.timer.stage("resample_back"):
+        if s.save_lowres and resample:
+            # stays at model resolution, only the axis order goes back (the official low-res output)
+            low = nib.Nifti1Image(labels_r, affine_r).as_reoriented(
+                ornt_transform(_CANONICAL, reorientation.ornt))
+            return Prediction(np.asarray(low.dataobj).astype(np.uint8), low.affine, lowres)
+        if resample and s.higher_order_resampling_legacy:
+            labels_c = resampling.resample_labels_legacy(labels_r, data_c.shape, order=s.resampling_order)
+        elif resample:
+            labels_c = resampling.resample_labels_to_shape(labels_r, data_c.shape)
+        else:
+            labels_c = labels_r
+        labels = reorientation.undo(labels_c)
+        if bbox is not None:
+            labels = cropping.uncrop(labels, bbox, input_shape)
+    return Prediction(labels.astype(np.uint8, copy=False), img.affine, lowres)
+
+
+def rough_segmentation(img: nib.Nifti1Image, kind: str, s: RunSettings) -> tuple[np.ndarray, dict[int, str]]:
+    """Labels of a rough crop model (``ct_default``, ``ct_robust``, ``mr_always``, ``body``) at input geometry."""
+    task_name, mode_name = ROUGH_KIND_TO_MODE[kind]
+    rough_task = get_task(task_name)
+    mode = rough_task.modes[mode_name]
+    assert mode.dataset_ids[0] == rough_crop_model(kind)["dataset_id"]
+    rough_settings = RunSettings(device=s.device, resampling_order=s.resampling_order,
+                                 nr_thr_resamp=s.nr_thr_resamp, quiet=s.quiet, timer=s.timer)
+    pred = predict_image(img, rough_task, mode, rough_settings)
+    return pred.labels, rough_task.class_map
+
+
+def rough_kind(task: Task, mode: Mode, robust: bool) -> str:
+    crop_classes = set(mode.crop.classes) if mode.crop else set()
+    if crop_classes & BODY_CLASSES:
+        return "body"
+    if task.name.endswith("_mr"):
+        return "mr_always"
+    if robust or (mode.crop is not None and mode.crop.robust):
+        return "ct_robust"
+    return "ct_default"
+
+
+def _mask_of(labels: np.ndarray, class_map: dict[int, str], names) -> np.ndarray:
+    ids = {name: idx for idx, name in class_map.items()}
+    missing = [n for n in names if n not in ids]
+    if missing:
+        raise OptionError(f"crop classes {missing} are not predicted by the crop model")
+    return np.isin(labels, [ids[n] for n in names])
+
+
+@dataclass
+class Segmentation:
+    """The result of ``segment``: labels in the input grid (or model grid with save_lowres) and their names."""
+
+    labels: np.ndarray
+    affine: np.ndarray
+    label_map: dict[int, str]
+    lowres: LowRes | None
+    empty_crop: bool = False
+
+
+def segment(img: nib.Nifti1Image, task: Task, mode: Mode, s: RunSettings, *, roi_subset: list[str] | None = None,
+            robust_crop: bool = False, body_seg: bool = False) -> Segmentation:
+    """Run a task on an image with everything around the main models (crop, helper models, label rules)."""
+    crop_mask, margin, rough = None, ROUGH_CROP_MARGIN_MM, None
+    if mode.crop is not None and mode.crop.model not in {"total", "total_mr", "body"}:
+        crop_task = get_task(mode.crop.model)
+        crop_run = segment(img, crop_task, crop_task.mode(), s, robust_crop=robust_crop)
+        crop_mask = _mask_of(crop_run.labels, crop_task.class_map, mode.crop.classes)
+        margin = mode.crop.margin_mm
+    elif mode.crop is not None or roi_subset or mode.remove_outside is not None:
+        with s.timer.stage("rough_crop_model"):
+            rough = rough_segmentation(img, rough_kind(task, mode, robust_crop), s)
+        if mode.crop is not None or roi_subset:
+            crop_mask = _mask_of(rough[0], rough[1], mode.crop.classes if mode.crop else roi_subset)
+    elif body_seg:
+        with s.timer.stage("body_seg_model"):
+            body_labels, _ = rough_segmentation(img, "body", s)
+        crop_mask, margin = body_labels > 0, BODY_SEG_MARGIN_MM
+
+    helper_labels = None
+    if task.refine:
+        helper_task = get_task(task.refine["task"])
+        helper_labels = predict_image(img, helper_task, helper_task.mode(), s).labels
+
+    label_task = get_task(task.label_map_task) if task.label_map_task else task
+    pred = predict_image(img, label_task, mode, s, crop_mask, margin, roi_subset)
+    labels = pred.labels
+    label_map = dict(task.class_map)
+    if pred.empty_crop:
+        return Segmentation(labels, pred.affine, _filtered(label_map, roi_subset), None, empty_crop=True)
+
+    with s.timer.stage("postprocess"):
+        voxel_sizes = _voxel_sizes(img.affine)
+        if helper_labels is not None:
+            labels = post.refine_vertebrae(labels, helper_labels, voxel_sizes, task.refine["dilation_mm"],
+                                           task.refine["keep_label"])
+        if roi_subset:
+            keep = [idx for idx, name in label_map.items() if name in set(roi_subset)]
+            labels = np.where(np.isin(labels, keep), labels, 0).astype(np.uint8)
+        if mode.remove_outside is not None and rough is not None:
+            outside = _mask_of(rough[0], rough[1], mode.remove_outside.classes)
+            labels = post.remove_outside(labels, outside, voxel_sizes, mode.remove_outside.dilation_mm)
+    return Segmentation(labels, pred.affine, _filtered(label_map, roi_subset), pred.lowres)
+
+
+def _filtered(label_map: dict[int, str], roi_subset: list[str] | None) -> dict[int, str]:
+    if not roi_subset:
+        return label_map
+    wanted = set(roi_subset)
+    return {idx: name for idx, name in label_map.items() if name in wanted}
