@@ -53,13 +53,6 @@ def write_body_derived_masks(labels: np.ndarray, class_map: dict[int, str], inte
             writers.write_mask(skin, affine, out_dir / "skin.nii.gz")]
 
 
-def multi_output_paths(output: Path, task: str) -> tuple[Path, str]:
-    """Base folder and base name for several output types at once (formats.md section 9)."""
-    if output.is_dir():
-        return output, f"{task}_segmentation"
-    return output.parent, output.name.split(".")[0]
-
-
 def write_json_atomic(data: Any, path: Path, indent: int = 4) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,13 +17,11 @@ from nibabel.orientations import ornt_transform
 
 from . import postprocessing as post
 from .errors import OptionError
+from .options import CropPlan, Options
 from .preprocessing import cropping, orientation, resampling, splitting
 from .registry import Mode, Part, Task, get_task, rough_crop_model
 from .timing import NULL_TIMER, StageTimer
 
-ROUGH_CROP_MARGIN_MM = (20.0, 20.0, 20.0)  # official: the task's crop_addon is ignored with rough models
-BODY_SEG_MARGIN_MM = (3.0, 3.0, 3.0)
-BODY_CLASSES = {"body_trunc", "body_extremities"}
 _CANONICAL = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
 # the rough crop models are modes of ordinary tasks
 ROUGH_KIND_TO_MODE = {"ct_default": ("total", "fastest"), "ct_robust": ("total", "fast"),
@@ -43,7 +41,6 @@ class RunSettings:
     higher_order_resampling_legacy: bool = False
     remove_small_blobs_mm3: float | None = None
     quiet: bool = False
-    plans_override: str | None = None  # total_v3 --model_size small
     save_probabilities: Path | None = None
     timer: StageTimer = field(default_factory=lambda: NULL_TIMER)
 
@@ -88,10 +85,9 @@ def _predict_models(data: np.ndarray, spacing: tuple, task: Task, mode: Mode, pa
 
     multi = len(mode.parts) > 1
     result = np.zeros(data.shape, dtype=np.uint8)
-    plans = s.plans_override or mode.plans
     for part in parts:
         with s.timer.stage("load_model"):
-            model = get_model(part.dataset_id, mode.trainer, plans, mode.configuration, mode.folds, s.device)
+            model = get_model(part.dataset_id, mode.trainer, mode.plans, mode.configuration, mode.folds, s.device)
         with s.timer.stage("network"):
             out = predict_labels(model, data, spacing, mode.step_size, s.device,
                                  return_probabilities=s.save_probabilities is not None, progress=not s.quiet)
@@ -147,7 +143,7 @@ def _postprocess_lowres(labels: np.ndarray, task: Task, affine: np.ndarray, s: R
 
 
 def predict_image(img: nib.Nifti1Image, task: Task, mode: Mode, s: RunSettings,
-                  crop_mask: np.ndarray | None = None, crop_margin_mm: tuple = ROUGH_CROP_MARGIN_MM,
+                  crop_mask: np.ndarray | None = None, crop_margin_mm: tuple = (0.0, 0.0, 0.0),
                   roi_subset: list[str] | None = None) -> Prediction:
     """One mode of one task on one image; returns labels in the image's own voxel grid."""
     data = np.asanyarray(img.dataobj)
@@ -206,17 +202,6 @@ def rough_segmentation(img: nib.Nifti1Image, kind: str, s: RunSettings) -> tuple
     return pred.labels, rough_task.class_map
 
 
-def rough_kind(task: Task, mode: Mode, robust: bool) -> str:
-    crop_classes = set(mode.crop.classes) if mode.crop else set()
-    if crop_classes & BODY_CLASSES:
-        return "body"
-    if task.name.endswith("_mr"):
-        return "mr_always"
-    if robust or (mode.crop is not None and mode.crop.robust):
-        return "ct_robust"
-    return "ct_default"
-
-
 def _mask_of(labels: np.ndarray, class_map: dict[int, str], names) -> np.ndarray:
     ids = {name: idx for idx, name in class_map.items()}
     missing = [n for n in names if n not in ids]
@@ -236,24 +221,28 @@ class Segmentation:
     empty_crop: bool = False
 
 
-def segment(img: nib.Nifti1Image, task: Task, mode: Mode, s: RunSettings, *, roi_subset: list[str] | None = None,
-            robust_crop: bool = False, body_seg: bool = False) -> Segmentation:
+def task_crop_plan(img: nib.Nifti1Image, task: Task) -> CropPlan | None:
+    """The crop plan a task has with default options (for nested runs such as teeth's crop task)."""
+    return Options(input=img, task=task.name).validated().crop_plan()
+
+
+def segment(img: nib.Nifti1Image, task: Task, mode: Mode, s: RunSettings, crop_plan: CropPlan | None = None,
+            roi_subset: list[str] | None = None) -> Segmentation:
     """Run a task on an image with everything around the main models (crop, helper models, label rules)."""
-    crop_mask, margin, rough = None, ROUGH_CROP_MARGIN_MM, None
-    if mode.crop is not None and mode.crop.model not in {"total", "total_mr", "body"}:
-        crop_task = get_task(mode.crop.model)
-        crop_run = segment(img, crop_task, crop_task.mode(), s, robust_crop=robust_crop)
-        crop_mask = _mask_of(crop_run.labels, crop_task.class_map, mode.crop.classes)
-        margin = mode.crop.margin_mm
-    elif mode.crop is not None or roi_subset or mode.remove_outside is not None:
+    crop_mask, margin, rough = None, (0.0, 0.0, 0.0), None
+    if crop_plan is not None and crop_plan.rough_model is None:
+        crop_task = get_task(crop_plan.model)  # the crop mask comes from a full run of another task
+        crop_run = segment(img, crop_task, crop_task.mode(), s, task_crop_plan(img, crop_task))
+        crop_mask = _mask_of(crop_run.labels, crop_task.class_map, crop_plan.classes)
+        margin = crop_plan.margin_mm
+    elif crop_plan is not None:
         with s.timer.stage("rough_crop_model"):
-            rough = rough_segmentation(img, rough_kind(task, mode, robust_crop), s)
-        if mode.crop is not None or roi_subset:
-            crop_mask = _mask_of(rough[0], rough[1], mode.crop.classes if mode.crop else roi_subset)
-    elif body_seg:
-        with s.timer.stage("body_seg_model"):
-            body_labels, _ = rough_segmentation(img, "body", s)
-        crop_mask, margin = body_labels > 0, BODY_SEG_MARGIN_MM
+            rough = rough_segmentation(img, crop_plan.rough_model, s)
+        crop_mask = _mask_of(rough[0], rough[1], crop_plan.classes)
+        margin = crop_plan.margin_mm
+    if mode.remove_outside is not None and rough is None:
+        with s.timer.stage("rough_crop_model"):
+            rough = rough_segmentation(img, "ct_robust", s)
 
     helper_labels = None
     if task.refine:
@@ -275,7 +264,7 @@ def segment(img: nib.Nifti1Image, task: Task, mode: Mode, s: RunSettings, *, roi
         if roi_subset:
             keep = [idx for idx, name in label_map.items() if name in set(roi_subset)]
             labels = np.where(np.isin(labels, keep), labels, 0).astype(np.uint8)
-        if mode.remove_outside is not None and rough is not None:
+        if mode.remove_outside is not None:
             outside = _mask_of(rough[0], rough[1], mode.remove_outside.classes)
             labels = post.remove_outside(labels, outside, voxel_sizes, mode.remove_outside.dilation_mm)
     return Segmentation(labels, pred.affine, _filtered(label_map, roi_subset), pred.lowres)

@@ -10,9 +10,10 @@ import nibabel as nib
 import numpy as np
 
 from . import config
+from .errors import OptionError
 from .options import Options
-from .outputs import (DICOM_TYPES, extras_dir, multi_output_paths, multilabel_image, write_body_derived_masks,
-                      write_json_atomic, write_nifti_outputs)
+from .outputs import (DICOM_TYPES, extras_dir, multilabel_image, write_body_derived_masks, write_json_atomic,
+                      write_nifti_outputs)
 from .registry import extra_class_map, get_task
 from .timing import StageTimer
 
@@ -58,8 +59,6 @@ def _settings(opts: Options, device, timer: StageTimer):
         higher_order_resampling=opts.higher_order_resampling,
         higher_order_resampling_legacy=opts.higher_order_resampling_LEGACY,
         remove_small_blobs_mm3=float(blobs) if blobs else None, quiet=opts.quiet or not opts.verbose,
-        plans_override=(get_task(opts.task).mode(opts.fast, opts.fastest).plans_small
-                        if opts.model_size == "small" else None),
         save_probabilities=Path(opts.save_probabilities) if opts.save_probabilities else None, timer=timer)
 
 
@@ -77,23 +76,25 @@ def _load_input(opts: Options, timer: StageTimer):
 
 
 def _dataset_ids_needed(opts: Options) -> list[int]:
-    """All dataset ids the run will use: the mode's models, crop models, helper models."""
-    from .pipeline import ROUGH_KIND_TO_MODE, rough_kind
+    """All dataset ids the run will use: crop models, the mode's models, helper models."""
+    from .pipeline import ROUGH_KIND_TO_MODE
 
     task = get_task(opts.task)
-    mode = task.mode(opts.fast, opts.fastest)
+    mode = opts.selected_mode()
     roi = opts.roi_subset_effective
     ids = list(mode.dataset_ids)
     if mode.parts and roi:
         ids = [p.dataset_id for p in mode.parts if set(roi) & set(p.class_map.values())]
-    if mode.crop is not None and mode.crop.model not in {"total", "total_mr", "body"}:
-        sub = Options(input=opts.input, task=mode.crop.model, device=opts.device, quiet=True).validated()
+    plan = opts.crop_plan()
+    rough = plan.rough_model if plan is not None else None
+    if plan is not None and rough is None:
+        sub = Options(input=opts.input, task=plan.model, device=opts.device, quiet=True).validated()
         ids = _dataset_ids_needed(sub) + ids
-    elif mode.crop is not None or roi or mode.remove_outside is not None:
-        t, m = ROUGH_KIND_TO_MODE[rough_kind(task, mode, opts.robust_crop_effective)]
+    if rough is None and mode.remove_outside is not None:
+        rough = "ct_robust"
+    if rough is not None:
+        t, m = ROUGH_KIND_TO_MODE[rough]
         ids = list(get_task(t).modes[m].dataset_ids) + ids
-    elif opts.body_seg_effective:
-        ids = list(get_task("body").modes["fast"].dataset_ids) + ids
     if task.refine:
         ids += list(get_task(task.refine["task"]).mode().dataset_ids)
     return list(dict.fromkeys(ids))
@@ -107,8 +108,8 @@ def run(opts: Options, timer: StageTimer) -> Any:
 
     start = time.perf_counter()
     task = get_task(opts.task)
-    mode = task.mode(opts.fast, opts.fastest)
-    device = resolve_device(opts.device)
+    mode = opts.selected_mode()
+    device = resolve_device(opts.device, quiet=opts.quiet)
     config.setup_config()
     if opts.license_number:
         config.set_license_number(opts.license_number)
@@ -116,6 +117,9 @@ def run(opts: Options, timer: StageTimer) -> Any:
         config.require_license(task.name)
     if task.info_message:
         _log(task.info_message, opts.quiet)
+    for notice in opts.notices():
+        _log(notice, opts.quiet)
+    _check_optional_features(opts, task)
 
     img, series = _load_input(opts, timer)  # input errors before any download
     with timer.stage("weights"):
@@ -123,8 +127,7 @@ def run(opts: Options, timer: StageTimer) -> Any:
             ensure_dataset(dataset_id, quiet=opts.quiet)
 
     settings = _settings(opts, device, timer)
-    result = segment(img, task, mode, settings, roi_subset=opts.roi_subset_effective,
-                     robust_crop=opts.robust_crop_effective, body_seg=opts.body_seg_effective)
+    result = segment(img, task, mode, settings, opts.crop_plan(), roi_subset=opts.roi_subset_effective)
 
     labels, label_map = result.labels, result.label_map
     out_affine = result.affine
@@ -161,6 +164,16 @@ def run(opts: Options, timer: StageTimer) -> Any:
     return (seg_img, stats) if opts.statistics else seg_img
 
 
+def _check_optional_features(opts: Options, task) -> None:
+    """Fail before any work when an asked-for extra cannot be produced at the end."""
+    if opts.radiomics:
+        from .analysis.radiomics import require_pyradiomics
+
+        require_pyradiomics()
+    if opts.preview and not task.preview_roi_groups:
+        raise OptionError(f"task '{task.name}' has no preview definition; run it without --preview")
+
+
 def _relabel_v1(labels: np.ndarray, label_map: dict[int, str], v1_name: str):
     v1 = extra_class_map(v1_name)
     v1_ids = {name: idx for idx, name in v1.items()}
@@ -172,25 +185,19 @@ def _relabel_v1(labels: np.ndarray, label_map: dict[int, str], v1_name: str):
 
 def _write_outputs(opts: Options, task, img, series, labels, affine, ref_img, label_map, ml_labels, ml_map,
                    output: Path) -> None:
+    from .io.dicom_common import dicom_output_paths, write_dicom_outputs
+
     types = opts.output_types
-    dicom = [t for t in types if t in DICOM_TYPES]
-    if len(types) > 1:
-        base_dir, base = multi_output_paths(output, task.name)
-        base_dir.mkdir(parents=True, exist_ok=True)
-        targets = {"nifti": base_dir / f"{base}.nii.gz", "dicom_rtstruct": base_dir / f"{base}_rtstruct.dcm",
-                   "dicom_seg": base_dir / f"{base}_seg.dcm"}
-    else:
-        targets = {types[0]: output}
-    if "nifti" in types:
+    targets = dicom_output_paths(output, types, task.name, series.series_uid if series is not None else "")
+    if "nifti" in targets:
         multilabel = opts.ml or len(types) > 1
         write_nifti_outputs(labels, affine, ref_img, label_map, targets["nifti"], multilabel, opts.nr_thr_saving,
                             ml_label_map=ml_map, ml_labels=ml_labels)
         if task.derived_masks and not multilabel and not opts.no_derived_masks:
             write_body_derived_masks(labels, label_map, np.asanyarray(img.dataobj), affine, output)
-    if dicom:
-        from .io import dicom_output
-
-        dicom_output.write_dicom_outputs(labels, label_map, series, {t: targets[t] for t in dicom}, task.name)
+    if len(types) > 1:
+        next(iter(targets.values())).parent.mkdir(parents=True, exist_ok=True)
+    write_dicom_outputs(labels, label_map, series, targets, task.name)
 
 
 def _statistics(opts: Options, img, labels, label_map, result, task) -> dict:

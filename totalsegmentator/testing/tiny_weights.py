@@ -339,3 +339,19 @@ def install_task_weights(task: str, weights_dir: Path | str | None = None, modes
             written.append(write_tiny_dataset(weights_dir, dataset_id,
                                               **{**overrides, **kwargs, "plans": mode.plans_small}))
     return written
+
+
+def make_constant_model(result_folder: Path | str, label: int) -> None:
+    """Turn a written tiny model into one that predicts ``label`` everywhere (e.g. a rough crop model that
+    "finds" the crop class in the whole image, so that the cropped main model really runs in tests)."""
+    result_folder = Path(result_folder)
+    for checkpoint_path in sorted(result_folder.glob("fold_*/checkpoint_final.pth")):
+        checkpoint = torch.load(checkpoint_path, weights_only=False)
+        weights = checkpoint["network_weights"]
+        head = max((k for k in weights if k.startswith("decoder.seg_layers.") and k.endswith(".weight")),
+                   key=lambda k: int(k.split(".")[2]))
+        weights[head].zero_()
+        bias = weights[head[: -len("weight")] + "bias"]
+        bias.zero_()
+        bias[int(label)] = 10.0
+        _atomic_write_bytes(checkpoint_path, lambda f, c=checkpoint: torch.save(c, f))

@@ -1,0 +1,233 @@
+"""Every task end to end with tiny fixture weights, and the options that shape a run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from totalsegmentator import config
+from totalsegmentator.errors import OptionError
+from totalsegmentator.inference.cache import clear_cache
+from totalsegmentator.io.label_header import load_multilabel_nifti
+from totalsegmentator.options import Options
+from totalsegmentator.pipeline import ROUGH_KIND_TO_MODE
+from totalsegmentator.python_api import totalsegmentator
+from totalsegmentator.registry import TASKS, get_task, rough_crop_model
+from totalsegmentator.testing.phantoms import Phantom, grid_affine
+from totalsegmentator.testing.tiny_weights import install_task_weights, make_constant_model
+
+LICENSE = "aca_" + "A" * 14
+
+
+def small_ct(shape=(14, 12, 10), spacing=(3.0, 3.0, 3.0), axcodes="LPS") -> nib.Nifti1Image:
+    """A tiny CT phantom (about 4 cm across), in LPS order so that reorientation is exercised."""
+    return Phantom(body_radius_mm=15.0, blobs=()).nifti(shape, grid_affine(spacing, shape, axcodes))
+
+
+def _crop_models_find_their_classes(task_name: str, weights_dir: Path) -> None:
+    """Make the rough crop models (and crop tasks) of ``task_name`` predict the crop class everywhere, so that
+    the cropped main model runs on the whole small image instead of ending with an empty crop."""
+    opts = Options(input=small_ct(), task=task_name).validated()
+    plan = opts.crop_plan()
+    task = get_task(task_name)
+    mode = opts.selected_mode()
+    wanted: list[tuple[str, str]] = []  # (rough kind or crop task, class name)
+    if plan is not None and plan.rough_model is not None:
+        wanted.append((plan.rough_model, plan.classes[0]))
+    elif plan is not None:
+        crop_task = get_task(plan.model)
+        wanted.append((f"task:{plan.model}", plan.classes[0]))
+        sub = Options(input=small_ct(), task=crop_task.name).validated().crop_plan()
+        if sub is not None:
+            wanted.append((sub.rough_model, sub.classes[0]))
+    if mode.remove_outside is not None and plan is None:
+        wanted.append(("ct_robust", mode.remove_outside.classes[0]))
+    for kind, class_name in wanted:
+        if kind.startswith("task:"):
+            crop_task = get_task(kind[5:])
+            crop_mode = crop_task.mode()
+            dataset_id, trainer, configuration = crop_mode.dataset_ids[0], crop_mode.trainer, crop_mode.configuration
+            label = crop_task.class_ids[class_name]
+        else:
+            entry = rough_crop_model(kind)
+            rough_task = get_task(ROUGH_KIND_TO_MODE[kind][0])
+            dataset_id, trainer, configuration = entry["dataset_id"], entry["trainer"], entry["configuration"]
+            if class_name not in rough_task.class_ids:
+                continue  # the task "test" asks for a class its crop model does not have
+            label = rough_task.class_ids[class_name]
+        folders = list(weights_dir.glob(f"Dataset{int(dataset_id):03d}_*/{trainer}__*__{configuration}"))
+        assert folders, f"no fixture weights for dataset {dataset_id}"
+        for folder in folders:
+            make_constant_model(folder, label)
+    del task
+
+
+@pytest.fixture
+def task_home(tmp_path, monkeypatch):
+    """A fresh home with a stored license; weights are written per test."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(home))
+    monkeypatch.delenv("TOTALSEG_WEIGHTS_PATH", raising=False)
+    config.setup_config()
+    config.update_config(license_number=LICENSE)
+    clear_cache()
+    yield home
+    clear_cache()
+
+
+def _expected_files(task_name: str) -> set[str]:
+    task = get_task(task_name)
+    names = {f"{name}.nii.gz" for name in task.class_map.values()}
+    if task.derived_masks:
+        names |= {"body.nii.gz", "skin.nii.gz"}
+    return names
+
+
+@pytest.mark.parametrize("task_name", TASKS)
+def test_every_task_runs_end_to_end(task_name, task_home, tmp_path):
+    install_task_weights(task_name)
+    _crop_models_find_their_classes(task_name, config.weights_dir())
+    img = small_ct()
+    out = tmp_path / "seg"
+    if task_name == "test":  # the official unit-test hook: no weights exist and its crop class is unknown
+        with pytest.raises(OptionError, match="517|body"):
+            totalsegmentator(img, out, task=task_name, device="cpu", quiet=True)
+        return
+    seg = totalsegmentator(img, out, task=task_name, device="cpu", quiet=True)
+    task = get_task(task_name)
+
+    assert seg.shape == img.shape
+    np.testing.assert_allclose(seg.affine, img.affine)
+    assert seg.get_data_dtype() == np.uint8
+    _, label_map = load_multilabel_nifti(seg)
+    assert label_map == task.class_map
+    labels = np.asarray(seg.dataobj)
+    assert set(np.unique(labels)) <= {0, *task.class_map}
+    assert {p.name for p in out.iterdir()} == _expected_files(task_name)
+    for label, name in task.class_map.items():
+        mask = nib.load(out / f"{name}.nii.gz")
+        assert mask.shape == img.shape
+        np.testing.assert_allclose(mask.affine, img.affine)
+        assert mask.get_data_dtype() == np.uint8
+        np.testing.assert_array_equal(np.asarray(mask.dataobj), (labels == label).astype(np.uint8))
+    if task.auxiliary_labels:
+        assert not set(np.unique(labels)) & set(task.auxiliary_labels)
+
+
+@pytest.fixture
+def total_fast_home(task_home):
+    install_task_weights("total", modes=("fast", "fastest"))
+    return task_home
+
+
+def test_multilabel_file_with_label_header(total_fast_home, tmp_path):
+    img = small_ct()
+    out = tmp_path / "out" / "seg.nii.gz"
+    returned = totalsegmentator(img, out, ml=True, fast=True, device="cpu", quiet=True)
+    written, label_map = load_multilabel_nifti(out)
+    assert label_map == get_task("total").class_map
+    np.testing.assert_array_equal(np.asarray(written.dataobj), np.asarray(returned.dataobj))
+    np.testing.assert_allclose(written.affine, img.affine)
+    assert [p.name for p in out.parent.iterdir()] == ["seg.nii.gz"]  # no temp files left behind
+
+
+def test_statistics_are_returned_and_written(total_fast_home, tmp_path):
+    img = small_ct()
+    seg, stats = totalsegmentator(img, tmp_path / "seg", fastest=True, statistics=True, device="cpu", quiet=True)
+    written = json.loads((tmp_path / "seg" / "statistics.json").read_text())
+    assert written == stats
+    assert list(stats) == list(get_task("total").class_map.values())
+    assert set(stats["liver"]) == {"volume", "intensity"}
+
+
+def test_roi_subset_writes_only_those_classes(task_home, tmp_path):
+    install_task_weights("total", modes=("fast",))
+    install_task_weights("total", modes=("fastest",))  # the rough crop model
+    _crop_rough = get_task("total").modes["fastest"]
+    folder = next(config.weights_dir().glob(f"Dataset{_crop_rough.dataset_ids[0]}_*/*"))
+    make_constant_model(folder, get_task("total").class_ids["liver"])
+    out = tmp_path / "seg"
+    seg = totalsegmentator(small_ct(), out, fast=True, roi_subset=["liver", "spleen"], device="cpu", quiet=True)
+    assert sorted(p.name for p in out.iterdir()) == ["liver.nii.gz", "spleen.nii.gz"]
+    _, label_map = load_multilabel_nifti(seg)
+    assert label_map == {1: "spleen", 5: "liver"}
+    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 5}
+
+
+def test_roi_subset_runs_only_the_parts_that_hold_the_classes(task_home, tmp_path, monkeypatch):
+    install_task_weights("total")
+    install_task_weights("total", modes=("fastest",))
+    rough = next(config.weights_dir().glob("Dataset298_*/*"))
+    make_constant_model(rough, get_task("total").class_ids["vertebrae_L1"])
+    from totalsegmentator.inference import cache
+
+    asked: list[int] = []
+    real = cache.get_model
+    monkeypatch.setattr(cache, "get_model", lambda dataset_id, *a, **k: (asked.append(dataset_id), real(dataset_id, *a, **k))[1])
+    totalsegmentator(small_ct(), tmp_path / "seg", roi_subset=["vertebrae_L1", "rib_left_3"], device="cpu",
+                     quiet=True, skip_saving=True)
+    assert asked == [298, 292, 295]  # rough crop model, then the vertebrae and ribs parts only
+
+
+def test_save_lowres_keeps_model_resolution(total_fast_home, tmp_path):
+    img = small_ct(shape=(20, 18, 16), spacing=(1.5, 1.5, 1.5))
+    seg = totalsegmentator(img, tmp_path / "seg.nii.gz", ml=True, fast=True, save_lowres=True, device="cpu",
+                           quiet=True)
+    assert seg.shape == (10, 9, 8)
+    np.testing.assert_allclose(np.abs(np.diag(seg.affine)[:3]), (3.0, 3.0, 3.0))
+    assert nib.aff2axcodes(seg.affine) == nib.aff2axcodes(img.affine)
+
+
+def test_skip_saving_writes_nothing(total_fast_home, tmp_path):
+    out = tmp_path / "seg"
+    seg = totalsegmentator(small_ct(), out, fast=True, skip_saving=True, device="cpu", quiet=True)
+    assert seg.shape == small_ct().shape
+    assert not out.exists()
+
+
+def test_force_split_gives_the_same_labels(total_fast_home):
+    img = small_ct(shape=(12, 12, 40))
+    whole = totalsegmentator(img, None, fast=True, device="cpu", quiet=True)
+    split = totalsegmentator(img, None, fast=True, force_split=True, device="cpu", quiet=True)
+    assert split.shape == whole.shape
+
+
+def test_v1_order_relabels_the_multilabel_output(total_fast_home, tmp_path):
+    seg = totalsegmentator(small_ct(), tmp_path / "seg.nii.gz", ml=True, fast=True, v1_order=True, device="cpu",
+                           quiet=True)
+    _, label_map = load_multilabel_nifti(tmp_path / "seg.nii.gz")
+    assert label_map[7] == "aorta"  # v1 numbering
+    assert len(label_map) == 104
+    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, *label_map}
+
+
+def test_report_manifest(total_fast_home, tmp_path):
+    report = tmp_path / "reports" / "run.json"
+    totalsegmentator(small_ct(), tmp_path / "seg", fast=True, device="cpu", quiet=True, report=report)
+    data = json.loads(report.read_text())
+    assert data["task"] == "total" and data["fast"] is True and data["num_classes"] == 117
+    assert data["output_files"] == sorted(f"{n}.nii.gz" for n in get_task("total").class_map.values())
+
+
+def test_licensed_task_without_license_stops_before_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path / "home"))
+    from totalsegmentator.errors import LicenseError
+
+    with pytest.raises(LicenseError, match="license"):
+        totalsegmentator(small_ct(), tmp_path / "seg", task="heartchambers_highres", device="cpu", quiet=True)
+    assert not (tmp_path / "seg").exists()
+
+
+def test_missing_weights_offline_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path / "home"))
+    monkeypatch.setenv("TOTALSEG_WEIGHTS_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    from totalsegmentator.errors import WeightsError
+
+    with pytest.raises(WeightsError) as info:
+        totalsegmentator(small_ct(), tmp_path / "seg", fast=True, device="cpu", quiet=True)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "seg").exists()
+    assert not any(p.name.startswith("Dataset") for p in config.weights_dir().glob("*"))
