@@ -1,0 +1,95 @@
+"""Bad input through the main command: one clear line, a non-zero exit, nothing written, no traceback."""
+from __future__ import annotations
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from totalsegmentator.bin.TotalSegmentator import main
+from totalsegmentator.inference.cache import clear_cache
+from totalsegmentator.testing.phantoms import Phantom, grid_affine
+from totalsegmentator.testing.tiny_weights import install_task_weights
+
+
+@pytest.fixture
+def fast_weights(totalseg_home):
+    install_task_weights("total", modes=("fast",))
+    clear_cache()
+    yield totalseg_home
+    clear_cache()
+
+
+def _good(shape=(12, 12, 10)) -> nib.Nifti1Image:
+    return Phantom(body_radius_mm=15.0, blobs=()).nifti(shape, grid_affine((3.0, 3.0, 3.0), shape))
+
+
+def _write_bad(kind: str, folder):
+    path = folder / f"{kind}.nii.gz"
+    if kind == "missing":
+        return path
+    if kind == "truncated_gzip":
+        nib.save(_good(), path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "not_an_image":
+        path.write_bytes(gzip.compress(b"this is not a NIfTI file" * 40))
+    elif kind == "2d":
+        nib.save(nib.Nifti1Image(np.zeros((20, 20), np.int16), np.eye(4)), path)
+    elif kind == "4d_two_volumes":
+        nib.save(nib.Nifti1Image(np.zeros((10, 10, 8, 2), np.int16), np.eye(4)), path)
+    elif kind == "zero_axis":
+        nib.save(nib.Nifti1Image(np.zeros((10, 0, 8), np.int16), np.eye(4)), path)
+    elif kind == "all_nan":
+        nib.save(nib.Nifti1Image(np.full((10, 10, 8), np.nan, np.float32), np.eye(4)), path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated_gzip", "not_an_image", "2d", "4d_two_volumes",
+                                  "zero_axis", "all_nan"])
+def test_bad_input_is_one_clear_line(kind, fast_weights, tmp_path, capsys):
+    bad = _write_bad(kind, tmp_path)
+    out = tmp_path / "seg"
+    code = main(["-i", str(bad), "-o", str(out), "--fast", "-d", "cpu", "-q"])
+    captured = capsys.readouterr()
+    assert code != 0
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1, captured.err
+    assert "error" in lines[0].lower()
+    assert "Traceback" not in captured.err + captured.out
+    assert not out.exists()
+
+
+def test_verbose_shows_the_traceback(fast_weights, tmp_path, capsys):
+    bad = _write_bad("truncated_gzip", tmp_path)
+    code = main(["-i", str(bad), "-o", str(tmp_path / "seg"), "--fast", "-d", "cpu", "-v"])
+    assert code != 0
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_single_volume_4d_and_nan_voxels_are_handled(fast_weights, tmp_path, capsys):
+    good = _good()
+    data = np.asarray(good.dataobj).astype(np.float32)
+    data[0, 0, 0] = np.nan
+    four_d = nib.Nifti1Image(data[..., None], good.affine)
+    path = tmp_path / "one_volume.nii.gz"
+    nib.save(four_d, path)
+    out = tmp_path / "seg"
+    assert main(["-i", str(path), "-o", str(out), "--fast", "-d", "cpu", "-q"]) == 0
+    written = nib.load(out / "liver.nii.gz")
+    assert written.shape == good.shape
+    np.testing.assert_allclose(written.affine, good.affine)
+
+
+def test_sheared_affine_is_segmented_in_its_own_grid(fast_weights, tmp_path):
+    good = _good()
+    affine = good.affine.copy()
+    affine[0, 1] = 0.8  # a non-orthogonal direction matrix (gantry tilt style shear)
+    path = tmp_path / "sheared.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(good.dataobj), affine), path)
+    out = tmp_path / "seg"
+    assert main(["-i", str(path), "-o", str(out), "--fast", "-d", "cpu", "-q"]) == 0
+    written = nib.load(out / "liver.nii.gz")
+    assert written.shape == good.shape
+    np.testing.assert_allclose(written.affine, affine)
