@@ -20,7 +20,7 @@ from .tiny_weights import build_network, write_tiny_dataset
 
 PHANTOM_FEATURES = (8, 16)
 PHANTOM_PATCH = (32, 32, 32)
-TRAIN_CROP = (24, 24, 24)  # smaller than the inference patch: cheaper steps, same receptive field needs
+TRAIN_CROP = PHANTOM_PATCH
 # trunk_cavities: a single open model at 1.5 mm with 4 classes, small enough to train in seconds
 PHANTOM_DATASET = 343
 PHANTOM_BLOBS = (
