@@ -231,3 +231,58 @@ def test_missing_weights_offline_is_one_clear_error(tmp_path, monkeypatch):
     assert "\n" not in str(info.value)
     assert not (tmp_path / "seg").exists()
     assert not any(p.name.startswith("Dataset") for p in config.weights_dir().glob("*"))
+
+
+def _record_models(monkeypatch) -> list:
+    from totalsegmentator.inference import cache
+
+    asked: list = []
+    real = cache.get_model
+    monkeypatch.setattr(cache, "get_model",
+                        lambda dataset_id, *a, **k: (asked.append(dataset_id), real(dataset_id, *a, **k))[1])
+    return asked
+
+
+def test_body_seg_crops_with_the_body_model_first(task_home, tmp_path, monkeypatch):
+    install_task_weights("total", modes=("fast",), body_seg=True)
+    body_folder = next(config.weights_dir().glob("Dataset300_*/*"))
+    make_constant_model(body_folder, 1)
+    asked = _record_models(monkeypatch)
+    img = small_ct()
+    seg = totalsegmentator(img, None, fast=True, body_seg=True, device="cpu", quiet=True)
+    assert asked == [300, 297]
+    assert seg.shape == img.shape
+
+
+def test_save_probabilities_writes_npz_and_pkl(total_fast_home, tmp_path):
+    target = tmp_path / "probs" / "probabilities.npz"
+    totalsegmentator(small_ct(), None, fast=True, device="cpu", quiet=True, save_probabilities=target)
+    probabilities = np.load(target)["probabilities"]
+    assert probabilities.shape[0] == 118  # background + 117 classes, nnU-Net's (c, z, y, x) layout
+    np.testing.assert_allclose(probabilities.sum(0), 1.0, atol=1e-3)
+    assert target.with_suffix(".pkl").exists()
+
+
+def test_remove_small_blobs_leaves_no_small_component(total_fast_home):
+    from scipy import ndimage
+
+    img = small_ct(shape=(20, 18, 16))
+    seg = totalsegmentator(img, None, fast=True, device="cpu", quiet=True, remove_small_blobs=200.0)
+    labels = np.asarray(seg.dataobj)
+    # removal happens at the 3 mm model resolution, where one voxel is 27 mm3: 7 voxels or fewer go
+    plain = np.asarray(totalsegmentator(img, None, fast=True, device="cpu", quiet=True).dataobj)
+    assert (labels > 0).sum() < (plain > 0).sum()
+    assert np.all((labels == plain) | (labels == 0))
+    for label in np.unique(labels[labels > 0]):
+        components, n = ndimage.label(labels == label)
+        sizes = np.bincount(components.ravel())[1:]
+        assert sizes.min() * 27.0 > 200.0 - 1e-6
+
+
+@pytest.mark.parametrize("flag", ["higher_order_resampling", "higher_order_resampling_LEGACY"])
+def test_resampling_variants_keep_the_input_grid(flag, total_fast_home):
+    img = small_ct(shape=(20, 18, 16), spacing=(1.7, 1.7, 2.5))
+    seg = totalsegmentator(img, None, fast=True, device="cpu", quiet=True, **{flag: True})
+    assert seg.shape == img.shape
+    np.testing.assert_allclose(seg.affine, img.affine)
+    assert np.asarray(seg.dataobj).any()
