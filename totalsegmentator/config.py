@@ -9,11 +9,11 @@ import json
 import os
 import random
 import string
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from .errors import LicenseError
+from .jsonfile import write_json_atomic
 from .registry import ACADEMIC_LICENSE_URL
 
 LICENSE_PREFIX = "aca_"
@@ -50,18 +50,6 @@ def _new_id() -> str:
     return "totalseg_" + "".join(random.choices(string.ascii_uppercase + string.digits, k=8))
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config_", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=4)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_config() -> dict[str, Any] | None:
     """config.json as a dict, or None when it does not exist (or is not valid JSON)."""
     try:
@@ -76,17 +64,17 @@ def setup_config(totalseg_id: str | None = None) -> dict[str, Any]:
     config = load_config()
     if config is None:
         config = {"totalseg_id": totalseg_id or _new_id(), "send_usage_stats": True, "prediction_counter": 0}
-        _write_json_atomic(config_path(), config)
+        write_json_atomic(config, config_path())
     elif totalseg_id is not None and config.get("totalseg_id") != totalseg_id:
         config["totalseg_id"] = totalseg_id
-        _write_json_atomic(config_path(), config)
+        write_json_atomic(config, config_path())
     return config
 
 
 def update_config(**changes: Any) -> dict[str, Any]:
     config = setup_config()
     config.update(changes)
-    _write_json_atomic(config_path(), config)
+    write_json_atomic(config, config_path())
     return config
 
 

@@ -4,11 +4,7 @@ File names and locations follow the official tool (formats.md sections 9 and 13)
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -51,17 +47,3 @@ def write_body_derived_masks(labels: np.ndarray, class_map: dict[int, str], inte
     skin = post.skin_mask(body, intensities)
     return [writers.write_mask(body, affine, out_dir / "body.nii.gz"),
             writers.write_mask(skin, affine, out_dir / "skin.nii.gz")]
-
-
-def write_json_atomic(data: Any, path: Path, indent: int = 4) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=indent)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

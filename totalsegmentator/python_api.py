@@ -12,8 +12,8 @@ import numpy as np
 from . import config
 from .errors import OptionError
 from .options import Options
-from .outputs import (DICOM_TYPES, extras_dir, multilabel_image, write_body_derived_masks, write_json_atomic,
-                      write_nifti_outputs)
+from .jsonfile import write_json_atomic
+from .outputs import DICOM_TYPES, extras_dir, multilabel_image, write_body_derived_masks, write_nifti_outputs
 from .registry import extra_class_map, get_task
 from .timing import StageTimer
 
@@ -231,12 +231,11 @@ def _preview(opts: Options, task, result, output: Path) -> None:
 def _write_report(opts: Options, task, label_map, output: Path | None, seconds: float, device) -> None:
     import torch
 
-    try:
-        import nnunetv2
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         nnunet_version = version("nnunetv2")
-    except Exception:  # pragma: no cover - nnunetv2 is a dependency
+    except PackageNotFoundError:  # pragma: no cover - nnunetv2 is a dependency
         nnunet_version = None
     from . import __version__
 

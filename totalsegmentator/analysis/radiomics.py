@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import InputImageError, OptionalDependencyError
-from .statistics import write_json_atomic
+from ..jsonfile import write_json_atomic
 
 RADIOMICS_SETTINGS: dict[str, Any] = {"resampledPixelSpacing": [3, 3, 3], "geometryTolerance": 1e-3}
 ENABLED_FEATURE_CLASSES = ("shape", "firstorder")

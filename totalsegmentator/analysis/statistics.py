@@ -6,9 +6,6 @@ voxels by (label, intensity).
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -17,23 +14,9 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputImageError, OptionError
+from ..jsonfile import write_json_atomic
 
 BORDER_VOXELS = 3
-
-
-def write_json_atomic(data: Any, path: str | Path, indent: int = 4) -> Path:
-    """Write ``data`` as JSON to a temp file next to ``path`` and move it into place."""
-    path = Path(path).absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=indent)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def to_int16(data: np.ndarray) -> np.ndarray:

@@ -266,7 +266,8 @@ def _write_split(pred: Predicted) -> None:
     import numpy as np
 
     from ..io.label_header import read_label_map
-    from ..outputs import extras_dir, write_body_derived_masks, write_json_atomic, write_nifti_outputs
+    from ..jsonfile import write_json_atomic
+    from ..outputs import extras_dir, write_body_derived_masks, write_nifti_outputs
     from ..registry import get_task
 
     kwargs, target, seg, image = pred.loaded.kwargs, pred.target, pred.seg, pred.loaded.image
@@ -286,7 +287,7 @@ def _write_split(pred: Predicted) -> None:
 
 def _point_report_at_outputs(report: Path, case: Case, output: Path) -> None:
     """The run report names the staging folder and an in-memory input; name the case's real paths instead."""
-    from ..outputs import write_json_atomic
+    from ..jsonfile import write_json_atomic
 
     data = json.loads(report.read_text())
     data["input"], data["output"] = case.input, str(output)

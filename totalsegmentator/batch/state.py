@@ -15,28 +15,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
+
 
 from ..errors import OptionError
+from ..jsonfile import write_json_atomic
 from .cases import Case
 
 STATE_DIR = ".totalseg_batch"
 MARKER_VERSION = 1
-
-
-def _write_json_atomic(data: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _remove(path: Path) -> None:
@@ -103,14 +91,14 @@ class BatchState:
         data = {"version": MARKER_VERSION, "case_id": case.case_id, "input": case.input,
                 "series_uid": case.series_uid, "status": "done", "fingerprint": fingerprint,
                 "outputs": outputs, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}
-        _write_json_atomic(data, self.marker_path(case.case_id))
+        write_json_atomic(data, self.marker_path(case.case_id), indent=2)
         self.failure_path(case.case_id).unlink(missing_ok=True)
 
     def mark_failed(self, case: Case, record: dict) -> None:
         data = {"version": MARKER_VERSION, "case_id": case.case_id, "input": case.input,
                 "series_uid": case.series_uid, "status": "failed",
                 "failed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}
-        _write_json_atomic(data, self.failure_path(case.case_id))
+        write_json_atomic(data, self.failure_path(case.case_id), indent=2)
 
     # ---------------------------------------------------------------- staging
     def new_staging(self, case_id: str) -> Path:

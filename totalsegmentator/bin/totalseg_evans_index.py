@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         from ..analysis.evans_index import write_bytes_atomic
-        from ..analysis.statistics import write_json_atomic
+        from ..jsonfile import write_json_atomic
 
         final = None
         for step in evans_index(str(args.ct_img), verbose=args.verbose):

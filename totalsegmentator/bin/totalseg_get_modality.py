@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args
 
     def body() -> int:
-        from ..analysis.statistics import write_json_atomic
+        from ..jsonfile import write_json_atomic
         from ..io.nifti import load_input_image
 
         img = load_input_image(args.i)

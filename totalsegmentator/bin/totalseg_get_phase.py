@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args
 
     def body() -> int:
-        from ..analysis.statistics import write_json_atomic
+        from ..jsonfile import write_json_atomic
 
         result = None
         for step in get_ct_contrast_phase(str(args.i), f_type=f_type_of(args.i), model_file=args.m, quiet=args.q,
