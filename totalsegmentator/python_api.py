@@ -58,7 +58,7 @@ def _settings(opts: Options, device, timer: StageTimer):
         force_split=opts.force_split, save_lowres=opts.save_lowres,
         higher_order_resampling=opts.higher_order_resampling,
         higher_order_resampling_legacy=opts.higher_order_resampling_LEGACY,
-        remove_small_blobs_mm3=float(blobs) if blobs else None, quiet=opts.quiet or not opts.verbose,
+        remove_small_blobs_mm3=float(blobs) if blobs else None, quiet=opts.quiet,
         save_probabilities=Path(opts.save_probabilities) if opts.save_probabilities else None, timer=timer)
 
 
@@ -127,6 +127,8 @@ def run(opts: Options, timer: StageTimer) -> Any:
             ensure_dataset(dataset_id, quiet=opts.quiet)
 
     settings = _settings(opts, device, timer)
+    _log(f"Segmenting with task '{task.name}' ({mode.name} mode, {len(mode.dataset_ids)} model(s)) on {device}",
+         opts.quiet)
     result = segment(img, task, mode, settings, opts.crop_plan(), roi_subset=opts.roi_subset_effective)
 
     labels, label_map = result.labels, result.label_map
@@ -159,6 +161,8 @@ def run(opts: Options, timer: StageTimer) -> Any:
     config.increase_prediction_counter()
     if opts.report:
         _write_report(opts, task, label_map, output, time.perf_counter() - start, device)
+    if output is not None and not opts.skip_saving:
+        _log(f"Saved the segmentation to {output}", opts.quiet)
     if opts.verbose:
         _log(f"stage times (s): {timer.as_dict()}", opts.quiet)
     return (seg_img, stats) if opts.statistics else seg_img
