@@ -169,6 +169,24 @@ def test_image_smaller_than_patch_and_other_step_size(weights, single):
     assert np.array_equal(labels, ref.transpose(2, 1, 0))
 
 
+def test_single_tile_logits_match_nnunet_exactly(weights, single):
+    """Images within one tile take a shortcut (no zero-filled accumulator); the logits stay nnU-Net's."""
+    for name, model, shape in (("single", single, (20, 15, 11)),
+                               ("folds", load_model(weights["folds"], None, CPU), (14, 12, 10))):
+        data, _ = preprocess(model, ct_like(shape, seed=15), (1.5, 1.5, 1.5))
+        assert all(n <= p for n, p in zip(data.shape[1:], model.patch_size))  # one tile
+        reference = nnunet_predictor(weights[name], model.folds).predict_logits_from_preprocessed_data(data)
+        assert torch.equal(predict_logits(model, data, 0.5), reference)
+        # float32: one accumulator for all folds; with one tile the weighted mean is the mean network output
+        exact = predict_logits(model, data, 0.5, accumulate_dtype=torch.float32)
+        from acvl_utils.cropping_and_padding.padding import pad_nd_image
+
+        padded, revert = pad_nd_image(data, model.patch_size, "constant", {"value": 0}, True, None)
+        with torch.inference_mode():
+            mean = sum(net(padded[None])[0] for net in model.fold_networks()) / model.num_folds
+        assert torch.allclose(exact, mean[(slice(None), *revert[1:])], atol=1e-5)
+
+
 def test_tile_batches_give_the_same_logits(single):
     data, _ = preprocess(single, ct_like(seed=6), (1.5, 1.5, 1.5))
     one = predict_logits(single, data, 0.5, accumulate_dtype=torch.float32)
@@ -237,6 +255,104 @@ def test_out_of_memory_on_device_falls_back_to_cpu(single, monkeypatch, caplog):
     assert used == ["meta", "cpu"]
     assert torch.equal(logits, expected)
     assert "accumulating them on the CPU" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# speed: finiteness check, shared preprocessing
+
+@pytest.mark.parametrize("tile", [(32, 32, 32), (128, 128, 128), (112, 160, 128), (40, 56, 24), (7, 9, 5)])
+def test_gaussian_weights_are_nnunets(tile):
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+    for dtype in (torch.float16, torch.float32, torch.float64):
+        ours = predictor.gaussian_weights(tile, 1 / 8, 10, dtype, CPU)
+        assert torch.equal(ours, compute_gaussian(tile, 1 / 8, 10, dtype=dtype, device=CPU))
+        assert ours.dtype == dtype and ours.shape == tile
+
+
+def test_max_indices_are_argmax_with_ties():
+    """The export takes torch.max(...).indices for speed; it must pick the first maximum as argmax does."""
+    rng = np.random.default_rng(11)
+    for dtype in (np.float16, np.float32):
+        logits = torch.from_numpy(rng.integers(-2, 3, (9, 13, 8, 7)).astype(dtype))  # many exact ties
+        assert torch.equal(torch.max(logits, 0).indices, logits.argmax(0))
+
+
+def test_all_finite_sees_nan_and_inf():
+    t = torch.zeros(3, 4, 5, dtype=torch.float16)
+    assert predictor._all_finite(t)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        u = t.clone()
+        u[1, 2, 3] = bad
+        assert not predictor._all_finite(u)
+
+
+def test_precision_switch(single, monkeypatch):
+    data, _ = preprocess(single, ct_like(seed=14), (1.5, 1.5, 1.5))
+    default = predict_logits(single, data, 0.5)
+    assert torch.equal(predict_logits(single, data, 0.5, mixed_precision="fp32"), default)  # CPU default: fp32
+    assert predictor.autocast_dtype_for(torch.device("cuda"), None) == torch.float16  # nnU-Net's choice on CUDA
+    assert predictor.autocast_dtype_for(torch.device("cpu"), True) == torch.bfloat16
+    half = predict_logits(single, data, 0.5, mixed_precision="bf16")
+    assert half.dtype == torch.float16 and not torch.equal(half, default)
+    assert (half.argmax(0) == default.argmax(0)).float().mean() > 0.9
+    monkeypatch.setenv(predictor.PRECISION_ENV, "bf16")
+    assert torch.equal(predict_logits(single, data, 0.5), half)
+    monkeypatch.setenv(predictor.PRECISION_ENV, "fp64")
+    with pytest.raises(ValueError, match="unknown precision 'fp64'"):
+        predict_logits(single, data, 0.5)
+
+
+def test_preprocessing_is_shared_by_models_with_the_same_plans(weights, single, tmp_path, monkeypatch):
+    """Parts of a multi-model task preprocess the same image once; a changed image is preprocessed again."""
+    other = load_model(write_tiny_dataset(tmp_path, 299, seed=5), (0,), CPU)
+    assert predictor.preprocessing_fingerprint(other) == predictor.preprocessing_fingerprint(single)
+    assert predictor.preprocessing_fingerprint(other) != predictor.preprocessing_fingerprint(
+        load_model(weights["folds"], (0,), CPU))
+    image = ct_like(seed=12)
+    expected = [predict_labels(m, image.copy(), (1.5, 1.5, 1.5)) for m in (single, other)]
+    assert not np.array_equal(expected[0], expected[1])  # different networks
+
+    calls = []
+    real = type(single.preprocessor).run_case_npy
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(single.preprocessor), "run_case_npy", counting)
+    predictor.release_shared_preprocessing()
+    assert np.array_equal(predict_labels(single, image, (1.5, 1.5, 1.5)), expected[0])
+    assert np.array_equal(predict_labels(other, image, (1.5, 1.5, 1.5)), expected[1])
+    assert len(calls) == 1
+    predict_labels(other, image, (1.5, 1.5, 2.0))  # other spacing
+    assert len(calls) == 2
+    image[10:20] = 300.0  # changed in place: not reused
+    changed = predict_labels(single, image, (1.5, 1.5, 1.5))
+    assert len(calls) == 3
+    predictor.release_shared_preprocessing()
+    assert np.array_equal(changed, predict_labels(single, image.copy(), (1.5, 1.5, 1.5)))
+    # Fortran-ordered images are shared too; strided views are predicted, just not shared
+    fortran = np.asfortranarray(image)
+    assert np.array_equal(predict_labels(single, fortran, (1.5, 1.5, 1.5)), changed)
+    assert np.array_equal(predict_labels(other, fortran, (1.5, 1.5, 1.5)), predict_labels(other, image, (1.5,) * 3))
+    calls.clear()
+    view = np.zeros((80, 37, 33), np.float32)[::2]
+    view[:] = image
+    predict_labels(single, view, (1.5, 1.5, 1.5))
+    predict_labels(other, view, (1.5, 1.5, 1.5))
+    assert len(calls) == 2
+
+
+def test_shared_preprocessing_is_dropped_with_the_image(single):
+    import gc
+
+    image = ct_like(seed=13)
+    predict_labels(single, image, (1.5, 1.5, 1.5))
+    assert predictor._shared_preprocessing._results
+    del image
+    gc.collect()
+    assert not predictor._shared_preprocessing._results
 
 
 # ---------------------------------------------------------------------------------------------------------------

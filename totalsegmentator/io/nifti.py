@@ -250,6 +250,54 @@ def nifti_bytes(img: nib.Nifti1Image, gz: bool = True, compresslevel: int = DEFA
     return buffer.getvalue()
 
 
+class _HeaderSink(io.RawIOBase):
+    """A write-only stream that keeps the first ``keep`` bytes and counts the rest."""
+
+    def __init__(self, keep: int) -> None:
+        super().__init__()
+        self.keep = keep
+        self.head = bytearray()
+        self.size = 0
+
+    def write(self, data) -> int:
+        size = memoryview(data).nbytes
+        if len(self.head) < self.keep:
+            self.head += bytes(memoryview(data).cast("B")[:self.keep - len(self.head)])
+        self.size += size
+        return size
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.size
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 1:
+            offset += self.size
+        elif whence != 0:
+            raise io.UnsupportedOperation("the header sink cannot seek from the end")
+        if offset < self.size:
+            raise io.UnsupportedOperation("the header sink only moves forward")
+        self.write(bytes(offset - self.size))
+        return self.size
+
+
+def nifti_header_bytes(img: nib.Nifti1Image) -> bytes:
+    """The bytes nibabel writes before the voxel data of ``img`` (header, extensions, padding) in a single
+    ``.nii`` file: what precedes the data in :func:`nifti_bytes` ``(img, gz=False)``."""
+    sink = _HeaderSink(1 << 20)
+    img.to_stream(sink)
+    data_bytes = int(np.prod(img.shape)) * img.get_data_dtype().itemsize
+    offset = sink.size - data_bytes
+    if offset < 0 or offset > len(sink.head):
+        raise ValueError("unexpected NIfTI layout: the header does not precede the data")
+    return bytes(sink.head[:offset])
+
+
 def _write_stream(img: nib.Nifti1Image, raw, gz: bool, compresslevel: int) -> None:
     if gz:
         with gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=compresslevel, mtime=0) as stream:

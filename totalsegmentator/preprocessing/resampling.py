@@ -124,7 +124,9 @@ def resample_labels_to_shape(labels: np.ndarray, shape: Sequence[int], official_
     if tuple(labels.shape) == shape:
         return labels
     pairs = [nearest_indices(n_in, n_out) for n_in, n_out in zip(labels.shape, shape)]
-    out = labels[np.ix_(*(idx for idx, _ in pairs))]
+    out = labels
+    for axis, (idx, _) in enumerate(pairs):  # one gather per axis: faster than one np.ix_ gather
+        out = out.take(idx, axis=axis)
     if official_edge_quirk:
         for axis, (_, beyond) in enumerate(pairs):
             if beyond.any():
