@@ -121,6 +121,7 @@ def test_paths_are_made_absolute(nifti, tmp_path, api_calls, capsys, monkeypatch
       "skip_saving": True, "no_derived_masks": True, "stats_aggregation": "median", "statistics_extra": True,
       "debug": True, "test": 1}),
     (["--series_uid", "1.2.3"], {"series_uid": "1.2.3"}),
+    (["--precision", "bf16"], {"precision": "bf16"}),
 ])
 def test_flags_reach_the_api(tmp_path, api_calls, capsys, argv, expected):
     dicom = tmp_path / "dcm"  # a DICOM folder so that DICOM output types are allowed
@@ -133,6 +134,13 @@ def test_flags_reach_the_api(tmp_path, api_calls, capsys, argv, expected):
     assert {k: kwargs[k] for k in untouched} == untouched
     assert "plans" not in kwargs
     assert ("series_uid" in kwargs) == ("series_uid" in expected)
+    assert ("precision" in kwargs) == ("precision" in expected)
+
+
+def test_unknown_precision_is_a_usage_error(tmp_path, capsys):
+    code, _, err = run_main(capsys, ["-i", str(tmp_path), "-o", str(tmp_path / "o"), "--precision", "fp8"])
+    assert code == 2
+    assert "invalid choice: 'fp8'" in err and "Traceback" not in err
 
 
 def test_parser_metadata():

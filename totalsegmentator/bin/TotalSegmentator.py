@@ -9,14 +9,14 @@ import argparse
 import sys
 import zipfile
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..options import OUTPUT_TYPE_ALIASES, OUTPUT_TYPES, Options, is_nifti_path
+from ..options import OUTPUT_TYPE_ALIASES, OUTPUT_TYPES, PRECISIONS, Options, is_nifti_path
 from ..registry import TASKS, format_classes_table, format_tasks_table, get_task
-from ._common import (EXIT_OK, EXIT_USAGE, OneLineParser, absolute_path, parse_args, print_warning,
-                      run_guarded, task_name, wants_verbose)
+from ._common import EXIT_OK, OneLineParser, absolute_path, print_warning, run_command, task_name
 
 PROG = "TotalSegmentator"
 # CLI-only: the DICOM Modality tag switches between the CT and MR variants of the main task.
@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                    type=task_name, metavar="task", help="list the classes of a task (default: total) and exit")
     p.add_argument("--series_uid", type=str, default=None,
                    help="DICOM folder with several series: the SeriesInstanceUID to segment (extension)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="network precision (extension): auto (default; nnU-Net's float32 on the CPU, float16 "
+                        "autocast on CUDA), fp32, fp16 or bf16; default from $TOTALSEG_PRECISION")
     p.add_argument("--version", action="version", version=__version__)
     return p
 
@@ -229,8 +232,9 @@ def api_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
         debug=args.debug, report=args.report, statistics_extra=args.statistics_extra,
         save_lowres=args.save_lowres, resampling_order=args.resampling_order, model_size=args.model_size,
     )
-    if args.series_uid is not None:
-        kwargs["series_uid"] = args.series_uid
+    for name in ("series_uid", "precision"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
     return kwargs
 
 
@@ -263,19 +267,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``TotalSegmentator`` command; returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parse_args(parser, argv)
-    if isinstance(args, int):
-        return args
-
-    def body() -> int:
-        try:
-            return _run(parser, args)
-        except SystemExit as exc:  # parser.error() for missing -i/-o
-            return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-
-    return run_guarded(PROG, body, verbose=args.verbose or wants_verbose(argv))
+    parser = build_parser()  # _run() calls parser.error() for missing -i/-o
+    return run_command(PROG, parser, partial(_run, parser), argv, verbose_flags=("verbose",),
+                       exit_in_body_is_code=True)
 
 
 if __name__ == "__main__":

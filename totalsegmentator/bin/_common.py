@@ -97,3 +97,30 @@ def run_guarded(prog: str, body: Callable[[], int | None], verbose: bool = False
         else:
             print_error(prog, f"unexpected {type(exc).__name__}: {exc} (rerun with -v to see the traceback)")
         return EXIT_FAILURE
+
+
+def run_command(prog: str, parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int | None],
+                argv: Sequence[str] | None = None, *, verbose_flags: Sequence[str] = (),
+                exit_in_body_is_code: bool = False) -> int:
+    """The whole ``main()`` of a command: parse ``argv`` (default ``sys.argv[1:]``), run ``body(args)`` guarded.
+
+    ``-h``/``--version``/usage errors return their exit code without running the body. Tracebacks are shown
+    when ``-v``/``--verbose`` is on the command line or any Namespace attribute named in ``verbose_flags`` is
+    true. With ``exit_in_body_is_code``, a SystemExit out of the body (``parser.error()`` for checks made
+    after parsing) ends the command quietly with its code (EXIT_USAGE when that is not a number).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(parser, argv)
+    if isinstance(args, int):
+        return args
+
+    def guarded_body() -> int | None:
+        try:
+            return body(args)
+        except SystemExit as exc:
+            if not exit_in_body_is_code:
+                raise
+            return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+
+    verbose = wants_verbose(argv) or any(getattr(args, flag) for flag in verbose_flags)
+    return run_guarded(prog, guarded_body, verbose=verbose)

@@ -1,10 +1,11 @@
 """``crop_to_body``: crop a CT to the body (task ``body``, 6 mm model) plus a 3 mm margin; output is int32."""
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 
-from ._common import OneLineParser, absolute_path, parse_args, run_guarded
+from ._common import OneLineParser, absolute_path, run_command
 
 PROG = "crop_to_body"
 
@@ -23,24 +24,23 @@ def build_parser() -> OneLineParser:
     return p
 
 
+def _run(args: argparse.Namespace) -> int:
+    """Crop ``-i`` to the body and write it to ``-o``."""
+    from ..analysis.crop_to_body import crop_to_body
+    from ..errors import OptionError
+
+    if not args.o.name.endswith((".nii.gz", ".nii")):
+        raise OptionError(f"-o must be a .nii.gz or .nii file path, got {args.o}")
+    crop_to_body(args.i, args.o, only_trunc=args.only_trunc, nr_thr_resamp=args.nr_thr_resamp,
+                 device=args.device, quiet=args.quiet, verbose=args.verbose)
+    if not args.quiet:
+        print(f"Cropped image written to {args.o}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(build_parser(), sys.argv[1:] if argv is None else argv)
-    if isinstance(args, int):
-        return args
-
-    def body() -> int:
-        from ..analysis.crop_to_body import crop_to_body
-        from ..errors import OptionError
-
-        if not args.o.name.endswith((".nii.gz", ".nii")):
-            raise OptionError(f"-o must be a .nii.gz or .nii file path, got {args.o}")
-        crop_to_body(args.i, args.o, only_trunc=args.only_trunc, nr_thr_resamp=args.nr_thr_resamp,
-                     device=args.device, quiet=args.quiet, verbose=args.verbose)
-        if not args.quiet:
-            print(f"Cropped image written to {args.o}")
-        return 0
-
-    return run_guarded(PROG, body, verbose=args.verbose)
+    """Entry point of the ``crop_to_body`` command; returns the exit code."""
+    return run_command(PROG, build_parser(), _run, argv, verbose_flags=("verbose",))
 
 
 if __name__ == "__main__":

@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from functools import partial
 
 from ..registry import format_classes_table, format_tasks_table
-from ._common import (EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, OneLineParser, absolute_path, parse_args,
-                      print_error, run_guarded, wants_verbose)
+from ._common import EXIT_INTERRUPTED, EXIT_OK, OneLineParser, absolute_path, print_error, run_command
 from .TotalSegmentator import api_kwargs_from_args, build_parser as build_single_parser
 
 PROG = "totalseg_batch"
@@ -138,19 +138,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``totalseg_batch`` command; returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parse_args(parser, argv)
-    if isinstance(args, int):
-        return args
-
-    def body() -> int:
-        try:
-            return _run(parser, args)
-        except SystemExit as exc:  # parser.error() for missing -i/-o
-            return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-
-    return run_guarded(PROG, body, verbose=args.verbose or wants_verbose(argv))
+    parser = build_parser()  # _run() calls parser.error() for missing -i/-o
+    return run_command(PROG, parser, partial(_run, parser), argv, verbose_flags=("verbose",),
+                       exit_in_body_is_code=True)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """``totalseg_combine_masks``: merge the masks of a class group (e.g. all lung lobes) into one file."""
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._common import OneLineParser, absolute_path, parse_args, print_warning, run_guarded
+from ._common import OneLineParser, absolute_path, print_warning, run_command
 
 PROG = "totalseg_combine_masks"
 NORA_EXECUTABLE = "/opt/nora/src/node/nora"
@@ -40,23 +41,22 @@ def nora_tag(path: Path, tag: str) -> None:
     subprocess.run([exe, "-p", tag, "--add", str(path), "--addtag", "mask"], check=False)
 
 
+def _run(args: argparse.Namespace) -> int:
+    """Combine the group's masks of ``-i`` into ``-o`` (and tag it in nora)."""
+    from ..analysis.combine_masks import combine_masks
+    from ..errors import OptionError
+    from ..io.nifti import save_nifti_atomic
+
+    if not args.o.name.endswith((".nii.gz", ".nii")):
+        raise OptionError(f"-o must be a .nii.gz or .nii file path, got {args.o}")
+    img = combine_masks(args.i, args.masks, multilabel=args.multilabel)
+    nora_tag(save_nifti_atomic(img, args.o), args.nora_tag)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(build_parser(), sys.argv[1:] if argv is None else argv)
-    if isinstance(args, int):
-        return args
-
-    def body() -> int:
-        from ..analysis.combine_masks import combine_masks
-        from ..errors import OptionError
-        from ..io.nifti import save_nifti_atomic
-
-        if not args.o.name.endswith((".nii.gz", ".nii")):
-            raise OptionError(f"-o must be a .nii.gz or .nii file path, got {args.o}")
-        img = combine_masks(args.i, args.masks, multilabel=args.multilabel)
-        nora_tag(save_nifti_atomic(img, args.o), args.nora_tag)
-        return 0
-
-    return run_guarded(PROG, body)
+    """Entry point of the ``totalseg_combine_masks`` command; returns the exit code."""
+    return run_command(PROG, build_parser(), _run, argv)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """``totalseg_download_weights``: download the weights of one task (or ``all``) into the weights folder."""
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 
 from .. import config, weights
 from ..errors import LicenseError
 from ..registry import download_task_to_ids, get_dataset
-from ._common import OneLineParser, parse_args, run_guarded
+from ._common import OneLineParser, run_command
 
 PROG = "totalseg_download_weights"
 
@@ -35,19 +36,18 @@ def _ids(name: str) -> list[int | str]:
     return ids
 
 
+def _run(args: argparse.Namespace) -> int:
+    """Download the weights of the task (or all)."""
+    config.setup_config()
+    config.update_config(statistics_disclaimer_shown=True)
+    paths = weights.ensure_datasets(_ids(args.task))
+    print(f"Weights ready in {config.weights_dir()} ({len(paths)} dataset folder{'' if len(paths) == 1 else 's'})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(build_parser(), sys.argv[1:] if argv is None else argv)
-    if isinstance(args, int):
-        return args
-
-    def body() -> int:
-        config.setup_config()
-        config.update_config(statistics_disclaimer_shown=True)
-        paths = weights.ensure_datasets(_ids(args.task))
-        print(f"Weights ready in {config.weights_dir()} ({len(paths)} dataset folder{'' if len(paths) == 1 else 's'})")
-        return 0
-
-    return run_guarded(PROG, body)
+    """Entry point of the ``totalseg_download_weights`` command; returns the exit code."""
+    return run_command(PROG, build_parser(), _run, argv)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,12 @@ antspyx: the masks are aligned by their own symmetry (see ``totalsegmentator.ana
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 
 from ..analysis.evans_index import evans_index  # noqa: F401 - official import path (generator)
-from ._common import OneLineParser, absolute_path, parse_args, run_guarded
+from ._common import OneLineParser, absolute_path, run_command
 
 PROG = "totalseg_evans_index"
 
@@ -23,27 +24,26 @@ def build_parser() -> OneLineParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(build_parser(), sys.argv[1:] if argv is None else argv)
-    if isinstance(args, int):
-        return args
+def _run(args: argparse.Namespace) -> int:
+    """Measure the Evans index; write the JSON result and the PNG preview."""
+    from ..analysis.evans_index import write_bytes_atomic
+    from ..jsonfile import write_json_atomic
 
-    def body() -> int:
-        from ..analysis.evans_index import write_bytes_atomic
-        from ..jsonfile import write_json_atomic
-
-        final = None
-        for step in evans_index(str(args.ct_img), verbose=args.verbose):
-            if args.verbose:
-                print(f"{step['progress']:3d}% {step['status']}")
-            final = step
-        write_json_atomic(final["result"], args.output_file)
-        write_bytes_atomic(final["preview_png"], args.preview_file)
+    final = None
+    for step in evans_index(str(args.ct_img), verbose=args.verbose):
         if args.verbose:
-            print(f"Result written to {args.output_file}, preview to {args.preview_file}")
-        return 0
+            print(f"{step['progress']:3d}% {step['status']}")
+        final = step
+    write_json_atomic(final["result"], args.output_file)
+    write_bytes_atomic(final["preview_png"], args.preview_file)
+    if args.verbose:
+        print(f"Result written to {args.output_file}, preview to {args.preview_file}")
+    return 0
 
-    return run_guarded(PROG, body, verbose=args.verbose)
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``totalseg_evans_index`` command; returns the exit code."""
+    return run_command(PROG, build_parser(), _run, argv, verbose_flags=("verbose",))
 
 
 if __name__ == "__main__":

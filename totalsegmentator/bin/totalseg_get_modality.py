@@ -1,11 +1,12 @@
 """``totalseg_get_modality``: is an image CT or MR? (method in ``totalsegmentator.analysis.modality``)."""
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 
 from ..analysis.modality import get_modality, get_modality_from_rois  # noqa: F401 - official import path
-from ._common import OneLineParser, absolute_path, parse_args, run_guarded
+from ._common import OneLineParser, absolute_path, run_command
 
 PROG = "totalseg_get_modality"
 
@@ -21,23 +22,22 @@ def build_parser() -> OneLineParser:
     return p
 
 
+def _run(args: argparse.Namespace) -> int:
+    """Classify ``-i`` as CT or MR and write the result JSON to ``-o``."""
+    from ..jsonfile import write_json_atomic
+    from ..io.nifti import load_input_image
+
+    img = load_input_image(args.i)
+    result = get_modality_from_rois(img, device=args.device, quiet=args.q) if args.n else get_modality(img)
+    write_json_atomic(result, args.o)
+    if not args.q:
+        print(f"Modality: {result['modality']} (probability {result['probability']})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(build_parser(), sys.argv[1:] if argv is None else argv)
-    if isinstance(args, int):
-        return args
-
-    def body() -> int:
-        from ..jsonfile import write_json_atomic
-        from ..io.nifti import load_input_image
-
-        img = load_input_image(args.i)
-        result = get_modality_from_rois(img, device=args.device, quiet=args.q) if args.n else get_modality(img)
-        write_json_atomic(result, args.o)
-        if not args.q:
-            print(f"Modality: {result['modality']} (probability {result['probability']})")
-        return 0
-
-    return run_guarded(PROG, body)
+    """Entry point of the ``totalseg_get_modality`` command; returns the exit code."""
+    return run_command(PROG, build_parser(), _run, argv)
 
 
 if __name__ == "__main__":

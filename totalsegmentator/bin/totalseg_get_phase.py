@@ -5,11 +5,12 @@ Our estimator fits physiological enhancement curves to organ/vessel intensities;
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 
 from ..analysis.phase import get_ct_contrast_phase, pi_time_to_phase  # noqa: F401 - official import path
-from ._common import OneLineParser, absolute_path, parse_args, run_guarded, wants_verbose
+from ._common import OneLineParser, absolute_path, run_command
 
 PROG = "totalseg_get_phase"
 
@@ -41,28 +42,26 @@ def f_type_of(path: str) -> str:
     return "nii"
 
 
+def _run(args: argparse.Namespace) -> int:
+    """Estimate the contrast phase of ``-i`` and write the result JSON to ``-o``."""
+    from ..jsonfile import write_json_atomic
+
+    result = None
+    for step in get_ct_contrast_phase(str(args.i), f_type=f_type_of(args.i), model_file=args.m, quiet=args.q,
+                                      device=args.device, existing_stats=args.s,
+                                      call_via_subprocess=args.call_via_subprocess, debug=args.debug):
+        result = step.get("result", result)
+    write_json_atomic(result, args.o)
+    if not args.q:
+        print(f"Predicted phase: {result['phase']} (pi_time {result['pi_time']} s, "
+              f"probability {result['probability']})")
+        print(f"Result written to {args.o}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(build_parser(), argv)
-    if isinstance(args, int):
-        return args
-
-    def body() -> int:
-        from ..jsonfile import write_json_atomic
-
-        result = None
-        for step in get_ct_contrast_phase(str(args.i), f_type=f_type_of(args.i), model_file=args.m, quiet=args.q,
-                                          device=args.device, existing_stats=args.s,
-                                          call_via_subprocess=args.call_via_subprocess, debug=args.debug):
-            result = step.get("result", result)
-        write_json_atomic(result, args.o)
-        if not args.q:
-            print(f"Predicted phase: {result['phase']} (pi_time {result['pi_time']} s, "
-                  f"probability {result['probability']})")
-            print(f"Result written to {args.o}")
-        return 0
-
-    return run_guarded(PROG, body, verbose=args.debug or wants_verbose(argv))
+    """Entry point of the ``totalseg_get_phase`` command; returns the exit code."""
+    return run_command(PROG, build_parser(), _run, argv, verbose_flags=("debug",))
 
 
 if __name__ == "__main__":

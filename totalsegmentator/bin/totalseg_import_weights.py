@@ -1,11 +1,12 @@
 """``totalseg_import_weights``: install weights from a downloaded zip (or a folder) into the weights folder."""
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 
 from .. import weights
-from ._common import OneLineParser, parse_args, run_guarded
+from ._common import OneLineParser, run_command
 
 PROG = "totalseg_import_weights"
 
@@ -17,16 +18,15 @@ def build_parser() -> OneLineParser:
     return parser
 
 
+def _run(args: argparse.Namespace) -> int:
+    """Install the weights of ``-i``."""
+    weights.import_weights(args.weights_file)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(build_parser(), sys.argv[1:] if argv is None else argv)
-    if isinstance(args, int):
-        return args
-
-    def body() -> int:
-        weights.import_weights(args.weights_file)
-        return 0
-
-    return run_guarded(PROG, body)
+    """Entry point of the ``totalseg_import_weights`` command; returns the exit code."""
+    return run_command(PROG, build_parser(), _run, argv)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,11 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from ..registry import TASKS, format_classes_table, format_tasks_table, task_registry
-from ._common import EXIT_OK, OneLineParser, parse_args, run_guarded, task_name
+from ._common import EXIT_OK, OneLineParser, run_command, task_name
 
 PROG = "totalseg_info"
 
@@ -64,38 +65,32 @@ def _dump(data: Any) -> None:
     print(json.dumps(data, indent=2))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``totalseg_info``; returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parse_args(parser, argv)
-    if isinstance(args, int):
-        return args
-
-    def body() -> int:
-        if args.classes and args.task is None:
-            try:
-                parser.error("--classes needs a task: --classes --task TASK")
-            except SystemExit as exc:
-                return int(exc.code)
-        if args.list_tasks:
-            if args.json:
-                _dump(tasks_json())
-            else:
-                print(format_tasks_table())
-        elif args.task is not None:
-            if args.json:
-                _dump(classes_json(args.task))
-            else:
-                print(format_classes_table(args.task))
-        elif args.json:
-            _dump(everything_json())
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Print the table or JSON the flags ask for."""
+    if args.classes and args.task is None:
+        parser.error("--classes needs a task: --classes --task TASK")
+    if args.list_tasks:
+        if args.json:
+            _dump(tasks_json())
         else:
             print(format_tasks_table())
-            print("\nShow the classes of a task with: totalseg_info --classes --task TASK")
-        return EXIT_OK
+    elif args.task is not None:
+        if args.json:
+            _dump(classes_json(args.task))
+        else:
+            print(format_classes_table(args.task))
+    elif args.json:
+        _dump(everything_json())
+    else:
+        print(format_tasks_table())
+        print("\nShow the classes of a task with: totalseg_info --classes --task TASK")
+    return EXIT_OK
 
-    return run_guarded(PROG, body)
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``totalseg_info``; returns the exit code."""
+    parser = build_parser()  # _run() calls parser.error() (exit code 2) for --classes without --task
+    return run_command(PROG, parser, partial(_run, parser), argv)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """``totalseg_set_license``: store a license number in config.json (checked online unless ``-sv``)."""
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 
 from .. import config, weights
-from ._common import OneLineParser, parse_args, run_guarded
+from ._common import OneLineParser, run_command
 
 PROG = "totalseg_set_license"
 
@@ -18,21 +19,20 @@ def build_parser() -> OneLineParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(build_parser(), sys.argv[1:] if argv is None else argv)
-    if isinstance(args, int):
-        return args
+def _run(args: argparse.Namespace) -> int:
+    """Check the number (format, then online unless ``-sv``) and store it."""
     number = args.license_number.strip()
+    config.check_license_format(number)
+    if not args.skip_validation and config.get_license_number() != number:
+        weights.validate_license_online(number)
+    config.set_license_number(number)
+    print(f"License number stored in {config.config_path()}.")
+    return 0
 
-    def body() -> int:
-        config.check_license_format(number)
-        if not args.skip_validation and config.get_license_number() != number:
-            weights.validate_license_online(number)
-        config.set_license_number(number)
-        print(f"License number stored in {config.config_path()}.")
-        return 0
 
-    return run_guarded(PROG, body)
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``totalseg_set_license`` command; returns the exit code."""
+    return run_command(PROG, build_parser(), _run, argv)
 
 
 if __name__ == "__main__":
