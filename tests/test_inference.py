@@ -479,3 +479,43 @@ def test_cache_uses_configured_weights_dir(totalseg_home):
     with pytest.raises(WeightsError, match="totalseg_download_weights -t body"):
         cache.get_model(299, "nnUNetTrainer", "nnUNetPlans", "3d_fullres", (0,), CPU)
     cache.clear_cache()
+
+
+def test_single_fold_model_holds_the_checkpoint_tensors(weights, single):
+    """One fold: the network is built on the meta device and the checkpoint's tensors become its parameters."""
+    from totalsegmentator.inference.model import load_checkpoint
+
+    stored = load_checkpoint(weights["single"] / "fold_0" / "checkpoint_final.pth")["network_weights"]
+    state = single.network.state_dict()
+    assert set(state) == set(stored)
+    for name, value in stored.items():
+        assert not state[name].is_meta and state[name].dtype == torch.float32
+        assert torch.equal(state[name], value), name
+    fresh = load_model(weights["single"], (0,), CPU)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.network.state_dict().values(), state.values()))
+
+
+def test_network_with_weights_falls_back_to_a_copy():
+    """Architectures with tensors outside the state dict, and checkpoints in another dtype, are copied into."""
+    from totalsegmentator.inference.model import network_with_weights
+
+    class WithBuffer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv3d(1, 2, 1)
+            self.register_buffer("scale", torch.full((1,), 3.0), persistent=False)
+
+        def forward(self, x):
+            return self.conv(x) * self.scale
+
+    weights = {"weight": torch.ones(2, 1, 1, 1, 1), "bias": torch.zeros(2)}
+    plain = network_with_weights(lambda: torch.nn.Conv3d(1, 2, 1), dict(weights), own_tensors=True)
+    assert plain.weight.data_ptr() == weights["weight"].data_ptr()  # no copy
+    buffered = network_with_weights(WithBuffer, {f"conv.{k}": v for k, v in weights.items()}, own_tensors=True)
+    assert not buffered.scale.is_meta and float(buffered.scale) == 3.0
+    assert torch.equal(buffered.conv.weight, weights["weight"])
+    half = network_with_weights(lambda: torch.nn.Conv3d(1, 2, 1), {k: v.half() for k, v in weights.items()},
+                                own_tensors=True)
+    assert half.weight.dtype == torch.float32 and torch.equal(half.weight, weights["weight"])
+    with pytest.raises(RuntimeError):
+        network_with_weights(lambda: torch.nn.Conv3d(1, 3, 1), dict(weights), own_tensors=True)

@@ -40,14 +40,27 @@ def dicom_dir(tmp_path) -> Path:
     return path
 
 
-def test_fields_are_the_official_signature_plus_series_uid():
+def test_fields_are_the_official_signature_plus_our_additions():
     params = inspect.signature(Options).parameters
     names = list(params)
     assert names[:len(OFFICIAL_API_PARAMS)] == list(OFFICIAL_API_PARAMS)
-    assert names == ["input", *OFFICIAL_DEFAULTS, "series_uid"]
+    assert names == ["input", *OFFICIAL_DEFAULTS, "series_uid", "precision"]
     assert params["input"].default is inspect.Parameter.empty
     assert {n: params[n].default for n in OFFICIAL_DEFAULTS} == OFFICIAL_DEFAULTS
-    assert params["series_uid"].default is None
+    assert params["series_uid"].default is None and params["precision"].default is None
+
+
+def test_precision_option_and_environment(nifti, monkeypatch):
+    monkeypatch.delenv("TOTALSEG_PRECISION", raising=False)
+    assert Options(input=nifti).validated().precision_effective() == "auto"
+    monkeypatch.setenv("TOTALSEG_PRECISION", "BF16")
+    assert Options(input=nifti).validated().precision_effective() == "bf16"
+    assert Options(input=nifti, precision="fp32").validated().precision_effective() == "fp32"
+    monkeypatch.setenv("TOTALSEG_PRECISION", "fp8")
+    with pytest.raises(OptionError, match="TOTALSEG_PRECISION must be one of auto, fp32, fp16, bf16"):
+        Options(input=nifti).validated().precision_effective()
+    with pytest.raises(OptionError, match="precision must be one of auto, fp32, fp16, bf16, not 'half'"):
+        Options(input=nifti, precision="half").validated()
 
 
 def test_defaults_validate_and_are_not_changed(nifti):

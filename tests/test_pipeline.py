@@ -286,3 +286,67 @@ def test_resampling_variants_keep_the_input_grid(flag, total_fast_home):
     assert seg.shape == img.shape
     np.testing.assert_allclose(seg.affine, img.affine)
     assert np.asarray(seg.dataobj).any()
+
+
+class _FirstLoad(Exception):
+    pass
+
+
+@pytest.mark.parametrize("task_name,kwargs", [(name, {}) for name in TASKS if name != "test"] + [
+    ("total", {"roi_subset": ["liver", "spleen"]}), ("total", {"fast": True}), ("total", {"body_seg": True}),
+    ("total", {"robust_crop": True, "roi_subset": ["brain"]}), ("total_mr", {"roi_subset": ["liver"]})])
+def test_prefetched_model_is_the_first_one_the_run_loads(task_name, kwargs, task_home, monkeypatch):
+    """``first_model`` names exactly the model the pipeline loads first (the one loaded while reading)."""
+    from totalsegmentator import pipeline, weights
+    from totalsegmentator.inference import cache
+
+    def first_load(dataset_id, trainer, plans, configuration, folds, device, *args, **kw):
+        raise _FirstLoad((dataset_id, trainer, plans, configuration, folds))
+
+    monkeypatch.setattr(weights, "ensure_dataset", lambda *a, **k: None)
+    monkeypatch.setattr(pipeline, "prefetch_model", lambda key, device: None)
+    monkeypatch.setattr(cache, "get_model", first_load)
+    opts = Options(input=small_ct(), task=task_name, device="cpu", quiet=True, **kwargs).validated()
+    expected = pipeline.first_model(get_task(task_name), opts.selected_mode(), opts.crop_plan(),
+                                    opts.roi_subset_effective)
+    with pytest.raises(_FirstLoad) as loaded:
+        totalsegmentator(small_ct(), None, task=task_name, device="cpu", quiet=True, **kwargs)
+    if expected is None:  # decided by another task's run (teeth's crop task)
+        assert opts.crop_plan() is not None and opts.crop_plan().rough_model is None
+    else:
+        assert loaded.value.args[0] == expected
+
+
+def test_prefetch_loads_into_the_cache_and_ignores_missing_weights(total_fast_home):
+    from totalsegmentator import pipeline
+    from totalsegmentator.inference import cache
+
+    mode = get_task("total").modes["fast"]
+    key = pipeline.first_model(get_task("total"), mode)
+    pipeline.prefetch_model(key, "cpu").join()
+    assert [m.result_folder.name.split("__")[0] for m in cache.cached_models()] == ["nnUNetTrainer_4000epochs_NoMirroring"]
+    assert cache.cached_models()[0].result_folder.parent.name.startswith(f"Dataset{key[0]}_")
+    missing = pipeline.prefetch_model((999, "nnUNetTrainer", "nnUNetPlans", "3d_fullres", (0,)), "cpu")
+    missing.join()  # the error is left to the pipeline's own load
+    assert len(cache.cached_models()) == 1
+    assert pipeline.prefetch_model(None, "cpu") is None
+
+
+def test_precision_reaches_the_predictor(total_fast_home, monkeypatch):
+    from totalsegmentator.inference import predictor
+
+    seen = []
+    real = predictor.predict_labels
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["mixed_precision"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predictor, "predict_labels", recording)
+    monkeypatch.delenv("TOTALSEG_PRECISION", raising=False)
+    reference = totalsegmentator(small_ct(), None, fast=True, device="cpu", quiet=True)
+    half = totalsegmentator(small_ct(), None, fast=True, device="cpu", quiet=True, precision="bf16")
+    monkeypatch.setenv("TOTALSEG_PRECISION", "fp32")
+    totalsegmentator(small_ct(), None, fast=True, device="cpu", quiet=True)
+    assert seen == ["auto", "bf16", "fp32"]
+    assert half.shape == reference.shape

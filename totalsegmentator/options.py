@@ -36,6 +36,10 @@ OUTPUT_TYPE_ALIASES: dict[str, str] = {"dicom": "dicom_rtstruct"}
 DICOM_OUTPUT_TYPES = frozenset({"dicom_rtstruct", "dicom_seg"})
 MODEL_SIZES: tuple[str, ...] = ("big", "small")
 STATS_AGGREGATIONS: tuple[str, ...] = ("mean", "median")
+# network precision (our addition): auto = nnU-Net's (float32 on the CPU, float16 autocast on CUDA)
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
+PRECISION_ENV = "TOTALSEG_PRECISION"
+
 TEST_VALUES: tuple[int, ...] = (0, 1, 3)
 RESAMPLING_ORDERS = range(0, 6)
 DEFAULT_SMALL_BLOBS_MM3 = 200.0
@@ -187,6 +191,7 @@ class Options:
     model_size: str = "big"
     # --- our additions ---
     series_uid: str | None = None  # which series of a DICOM folder holding several
+    precision: str | None = None  # PRECISIONS; None: $TOTALSEG_PRECISION, else auto
 
     # ------------------------------------------------------------------ validation
     def validated(self) -> Options:
@@ -240,6 +245,8 @@ class Options:
             raise OptionError(f"resampling_order must be a spline order from 0 to 5, not {self.resampling_order!r}")
         if isinstance(self.test, bool) or self.test not in TEST_VALUES:
             raise OptionError(f"test must be 0, 1 or 3, not {self.test!r}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.stats_aggregation not in STATS_AGGREGATIONS:
             raise OptionError(f"stats_aggregation must be 'mean' or 'median', not {self.stats_aggregation!r}")
 
@@ -459,9 +466,19 @@ class Options:
     def api_kwargs(self) -> dict[str, Any]:
         """The official ``totalsegmentator()`` keyword arguments (our additions only when set)."""
         kwargs = {name: getattr(self, name) for name in OFFICIAL_API_PARAMS}
-        if self.series_uid is not None:
-            kwargs["series_uid"] = self.series_uid
+        for name in ("series_uid", "precision"):
+            if getattr(self, name) is not None:
+                kwargs[name] = getattr(self, name)
         return kwargs
+
+    def precision_effective(self) -> str:
+        """The network precision: the option, else ``$TOTALSEG_PRECISION``, else auto."""
+        if self.precision is not None:
+            return self.precision
+        value = os.environ.get(PRECISION_ENV, "").strip().lower() or "auto"
+        if value not in PRECISIONS:
+            raise OptionError(f"{PRECISION_ENV} must be one of {', '.join(PRECISIONS)}, not {value!r}")
+        return value
 
 
 def validate_options(**kwargs: Any) -> Options:

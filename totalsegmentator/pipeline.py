@@ -8,6 +8,8 @@ cropping, helper models (vertebrae_pp_refined) and the rules applied at the inpu
 """
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +44,7 @@ class RunSettings:
     remove_small_blobs_mm3: float | None = None
     quiet: bool = False
     save_probabilities: Path | None = None
+    precision: str = "auto"  # network precision (options.PRECISIONS)
     timer: StageTimer = field(default_factory=lambda: NULL_TIMER)
 
 
@@ -90,7 +93,8 @@ def _predict_models(data: np.ndarray, spacing: tuple, task: Task, mode: Mode, pa
             model = get_model(part.dataset_id, mode.trainer, mode.plans, mode.configuration, mode.folds, s.device)
         with s.timer.stage("network"):
             out = predict_labels(model, data, spacing, mode.step_size, s.device,
-                                 return_probabilities=s.save_probabilities is not None, progress=not s.quiet)
+                                 return_probabilities=s.save_probabilities is not None, progress=not s.quiet,
+                                 mixed_precision=s.precision)
         if s.save_probabilities is not None:
             out, probabilities = out
             _save_probabilities(probabilities, spacing, s.save_probabilities)
@@ -129,6 +133,12 @@ def _predict_resampled(data: np.ndarray, spacing: tuple, task: Task, mode: Mode,
     return splitting.merge_chunks(results, chunks)
 
 
+def _release_shared_preprocessing() -> None:
+    from .inference.predictor import release_shared_preprocessing
+
+    release_shared_preprocessing()
+
+
 def _postprocess_lowres(labels: np.ndarray, task: Task, affine: np.ndarray, s: RunSettings) -> np.ndarray:
     voxel_volume = float(np.prod(_voxel_sizes(affine)))
     if task.auxiliary_labels:
@@ -162,12 +172,13 @@ def predict_image(img: nib.Nifti1Image, task: Task, mode: Mode, s: RunSettings,
     with s.timer.stage("resample"):
         if resample:
             data_r, affine_r, _ = resampling.resample_image(data_c, affine_c, mode.spacing, s.resampling_order,
-                                                            threads=s.nr_thr_resamp)
+                                                            threads=resampling_threads(s.nr_thr_resamp))
         else:
             data_r, affine_r = data_c, affine_c
 
     parts = _model_parts(task, mode, roi_subset)
     labels_r = _predict_resampled(data_r, tuple(_voxel_sizes(affine_r)), task, mode, parts, s)
+    _release_shared_preprocessing()  # all models of this image have run
     with s.timer.stage("postprocess"):
         labels_r = _postprocess_lowres(labels_r, task, affine_r, s)
     lowres = LowRes(labels_r, data_r, affine_r)
@@ -197,7 +208,8 @@ def rough_segmentation(img: nib.Nifti1Image, kind: str, s: RunSettings) -> tuple
     mode = rough_task.modes[mode_name]
     assert mode.dataset_ids[0] == rough_crop_model(kind)["dataset_id"]
     rough_settings = RunSettings(device=s.device, resampling_order=s.resampling_order,
-                                 nr_thr_resamp=s.nr_thr_resamp, quiet=s.quiet, timer=s.timer)
+                                 nr_thr_resamp=s.nr_thr_resamp, quiet=s.quiet, precision=s.precision,
+                                 timer=s.timer)
     pred = predict_image(img, rough_task, mode, rough_settings)
     return pred.labels, rough_task.class_map
 
@@ -268,6 +280,59 @@ def segment(img: nib.Nifti1Image, task: Task, mode: Mode, s: RunSettings, crop_p
             outside = _mask_of(rough[0], rough[1], mode.remove_outside.classes)
             labels = post.remove_outside(labels, outside, voxel_sizes, mode.remove_outside.dilation_mm)
     return Segmentation(labels, pred.affine, _filtered(label_map, roi_subset), pred.lowres)
+
+
+def first_model(task: Task, mode: Mode, crop_plan: CropPlan | None = None,
+                roi_subset: list[str] | None = None) -> tuple | None:
+    """``(dataset_id, trainer, plans, configuration, folds)`` of the first model ``segment`` runs, or None when
+    that depends on another task's run (e.g. teeth's crop task)."""
+    rough_kind = None
+    if crop_plan is not None:
+        if crop_plan.rough_model is None:
+            return None
+        rough_kind = crop_plan.rough_model
+    elif mode.remove_outside is not None:
+        rough_kind = "ct_robust"
+    if rough_kind is not None:
+        task_name, mode_name = ROUGH_KIND_TO_MODE[rough_kind]
+        task, mode = get_task(task_name), get_task(task_name).modes[mode_name]
+        roi_subset = None
+    elif task.refine:
+        task = get_task(task.refine["task"])
+        mode, roi_subset = task.mode(), None
+    parts = _model_parts(task, mode, roi_subset)
+    if not parts:
+        return None
+    return parts[0].dataset_id, mode.trainer, mode.plans, mode.configuration, mode.folds
+
+
+def prefetch_model(model_key: tuple | None, device) -> threading.Thread | None:
+    """Load a model into the process-wide cache in a background thread (while the input is read).
+
+    Any failure is ignored here: the regular load in the pipeline reports it."""
+    if model_key is None:
+        return None
+
+    def load() -> None:
+        try:
+            from .inference.cache import get_model
+
+            get_model(*model_key, device)
+        except Exception:  # noqa: BLE001 - reported again by the pipeline's own load
+            pass
+
+    thread = threading.Thread(target=load, name="totalseg-model-prefetch", daemon=True)
+    thread.start()
+    return thread
+
+
+def resampling_threads(requested: int) -> int:
+    """Threads for image resampling: at least the usable cores (the threaded result is bit-identical)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(int(requested), cores)
 
 
 def _filtered(label_map: dict[int, str], roi_subset: list[str] | None) -> dict[int, str]:

@@ -38,11 +38,13 @@ def totalsegmentator(input: str | Path | nib.Nifti1Image, output: str | Path | N
                      save_probabilities: str | Path | None = None, debug: bool = False,
                      report: str | Path | None = None, statistics_extra: bool = False, save_lowres: bool = False,
                      resampling_order: int = 1, plans: str = "nnUNetPlans", model_size: str = "big",
-                     series_uid: str | None = None, timer: StageTimer | None = None):
+                     series_uid: str | None = None, precision: str | None = None,
+                     timer: StageTimer | None = None):
     """Segment ``input`` with ``task``; write the outputs to ``output`` (unless None) and return the image.
 
     Returns the multilabel segmentation (uint8, input geometry, label names in the header extension), or
-    ``(image, statistics_dict)`` when ``statistics`` is set.
+    ``(image, statistics_dict)`` when ``statistics`` is set. Our additions: ``series_uid`` (which series of a
+    DICOM folder), ``precision`` (network precision: auto, fp32, fp16, bf16; None: ``$TOTALSEG_PRECISION``).
     """
     kwargs = {k: v for k, v in locals().items() if k != "timer"}
     opts = Options(**kwargs).validated()
@@ -59,6 +61,7 @@ def _settings(opts: Options, device, timer: StageTimer):
         higher_order_resampling=opts.higher_order_resampling,
         higher_order_resampling_legacy=opts.higher_order_resampling_LEGACY,
         remove_small_blobs_mm3=float(blobs) if blobs else None, quiet=opts.quiet,
+        precision=opts.precision_effective(),
         save_probabilities=Path(opts.save_probabilities) if opts.save_probabilities else None, timer=timer)
 
 
@@ -103,7 +106,7 @@ def _dataset_ids_needed(opts: Options) -> list[int]:
 def run(opts: Options, timer: StageTimer) -> Any:
     """Run validated options; see ``totalsegmentator``."""
     from .inference.device import resolve_device
-    from .pipeline import segment
+    from .pipeline import first_model, prefetch_model, segment
     from .weights import ensure_dataset
 
     start = time.perf_counter()
@@ -121,7 +124,14 @@ def run(opts: Options, timer: StageTimer) -> Any:
         _log(notice, opts.quiet)
     _check_optional_features(opts, task)
 
-    img, series = _load_input(opts, timer)  # input errors before any download
+    # the first model loads in the background while the input is read (when its weights are installed)
+    prefetch = prefetch_model(first_model(task, mode, opts.crop_plan(), opts.roi_subset_effective), device)
+    try:
+        img, series = _load_input(opts, timer)  # input errors before any download
+    except BaseException:
+        if prefetch is not None:
+            prefetch.join()  # no half-loaded model left behind in a process that goes on
+        raise
     with timer.stage("weights"):
         for dataset_id in _dataset_ids_needed(opts):
             ensure_dataset(dataset_id, quiet=opts.quiet)

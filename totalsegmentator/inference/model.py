@@ -216,6 +216,26 @@ def build_network(trainer_name: str, plans_manager, configuration_manager, datas
                  num_output_channels, enable_deep_supervision=False)
 
 
+def network_with_weights(build: Callable[[], torch.nn.Module], weights: dict[str, torch.Tensor],
+                         own_tensors: bool = False) -> torch.nn.Module:
+    """The network from ``build()`` holding ``weights`` (RuntimeError when they do not fit).
+
+    With ``own_tensors`` the checkpoint's tensors become the parameters: the network is built on the meta
+    device (no random initialisation, no copy of the weights). Architectures that create tensors of their own
+    (buffers outside the state dict) or checkpoints in another dtype are built and copied into as usual."""
+    if own_tensors:
+        with torch.device("meta"):
+            network = build()
+        network.load_state_dict(weights, assign=True)
+        tensors = list(network.parameters()) + list(network.buffers())
+        default = torch.get_default_dtype()
+        if not any(t.is_meta for t in tensors) and all(t.dtype == default for t in network.parameters()):
+            return network
+    network = build()
+    network.load_state_dict(weights)
+    return network
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # checkpoints
 
@@ -356,10 +376,12 @@ def load_model(result_folder: Path | str, folds: tuple[int | str, ...] | None, d
                            f"the weights with '{download_hint(dataset_id)}'") from None
     label_manager = plans_manager.get_label_manager(dataset_json)
     num_input_channels = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
-    network = build_network(trainer_name, plans_manager, configuration_manager, dataset_json, num_input_channels,
-                            label_manager.num_segmentation_heads)
+    def build() -> torch.nn.Module:
+        return build_network(trainer_name, plans_manager, configuration_manager, dataset_json, num_input_channels,
+                             label_manager.num_segmentation_heads)
+
     try:
-        network.load_state_dict(fold_weights[0])
+        network = network_with_weights(build, fold_weights[0], own_tensors=len(fold_weights) == 1)
     except RuntimeError as e:
         first_line = str(e).strip().splitlines()[0]
         raise WeightsError(f"checkpoint of fold {folds[0]} in {result_folder} does not fit the network described by "

@@ -50,6 +50,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import InputImageError
+from ..options import PRECISION_ENV, PRECISIONS
 from ..timing import StageTimer
 from .model import LoadedModel
 
@@ -174,8 +175,6 @@ def _sliding_window(model: LoadedModel, data: torch.Tensor, step_size: float, re
     return total[(slice(None), *revert_padding[1:])]
 
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-PRECISION_ENV = "TOTALSEG_PRECISION"
 
 
 def autocast_dtype_for(device: torch.device, mixed_precision: bool | str | None) -> torch.dtype | None:
