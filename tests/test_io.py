@@ -240,6 +240,42 @@ def test_load_in_memory_image_and_scaled_data(tmp_path):
     assert np.array_equal(same.get_fdata(), img.get_fdata())
 
 
+@pytest.fixture(params=["isal", "stdlib"])
+def gzip_impl(request, monkeypatch):
+    """Run a test with ISA-L's gzip (when installed) and with the standard library's."""
+    from totalsegmentator.io import nifti
+
+    if request.param == "isal":
+        if nifti.fast_gzip() is None:
+            pytest.skip("isal is not installed")
+    else:
+        monkeypatch.setattr(nifti, "fast_gzip", lambda: None)
+    return request.param
+
+
+@pytest.mark.parametrize("klass", [nib.Nifti1Image, nib.Nifti2Image])
+def test_gzip_implementations_read_and_write_the_same(tmp_path, klass, monkeypatch):
+    from totalsegmentator.io import nifti
+
+    data = np.random.default_rng(3).integers(-1024, 3000, size=(30, 20, 10)).astype(np.int16)
+    img = klass(data, AFFINE)
+    img.header.set_slope_inter(0.5, -10)
+    img.header.extensions.append(Nifti1Extension(6, b"a comment"))
+    path = tmp_path / "in.nii.gz"
+    nib.save(img, path)
+    if nifti.fast_gzip() is None:
+        pytest.skip("isal is not installed")
+    fast = load_input_image(path)
+    fast_file = nifti_bytes(fast)
+    monkeypatch.setattr(nifti, "fast_gzip", lambda: None)
+    slow = load_input_image(path)
+    np.testing.assert_array_equal(np.asanyarray(fast.dataobj), np.asanyarray(slow.dataobj))
+    assert np.asanyarray(fast.dataobj).dtype == np.asanyarray(slow.dataobj).dtype  # scaled like nibabel does
+    np.testing.assert_array_equal(fast.affine, slow.affine)
+    assert fast.header == slow.header and fast.header.extensions == slow.header.extensions
+    assert gzip.decompress(fast_file) == gzip.decompress(nifti_bytes(slow))
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "input file not found"),
     ("directory", "is a directory"),
@@ -253,7 +289,7 @@ def test_load_in_memory_image_and_scaled_data(tmp_path):
     ("rgb", "structured voxel type"),
     ("complex", "complex"),
 ])
-def test_bad_inputs_raise_clear_one_line_error(tmp_path, case, message):
+def test_bad_inputs_raise_clear_one_line_error(tmp_path, case, message, gzip_impl):
     p = tmp_path / "in.nii.gz"
     if case == "directory":
         p = tmp_path

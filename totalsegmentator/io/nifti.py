@@ -17,6 +17,7 @@ Input rules (each failure is an :class:`~totalsegmentator.errors.InputImageError
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import logging
@@ -43,6 +44,16 @@ DEFAULT_COMPRESSLEVEL = 1
 _SHEAR_TOL = 1e-4
 
 
+def fast_gzip():
+    """``isal.igzip`` (Intel ISA-L: 2-3x faster gzip reading, 4-5x faster writing at levels 0-3, same
+    decompressed bytes), or None when the ``isal`` package is not installed (the standard library is used)."""
+    try:
+        from isal import igzip
+    except ImportError:
+        return None
+    return igzip
+
+
 def _read_umask() -> int:
     # mkstemp creates files with mode 0600; written outputs get the usual permissions instead. Read once at
     # import: os.umask can only be read by setting it, which is not safe while writer threads run.
@@ -60,8 +71,9 @@ def load_input_image(path_or_img: PathLike | nib.spatialimages.SpatialImage) -> 
     The returned image keeps the input header (extensions, qform/sform codes, descrip ...) so that writers
     can copy it; only the data shape/type entries follow the loaded array.
     """
-    img, source = _open(path_or_img)
-    data = _read_data(img, source)
+    with contextlib.ExitStack() as files:
+        img, source = _open(path_or_img, files)
+        data = _read_data(img, source)
     data = _check_dtype(data, img, source)
     data = _squeeze_to_3d(data, source, _header_dims(img))
     data = _replace_non_finite(data, source)
@@ -89,7 +101,8 @@ def _nifti1_header(img) -> nib.Nifti1Header:
     return nib.Nifti1Image.from_image(img).header
 
 
-def _open(path_or_img) -> tuple[nib.spatialimages.SpatialImage, str]:
+def _open(path_or_img, files: contextlib.ExitStack) -> tuple[nib.spatialimages.SpatialImage, str]:
+    """The image (data not read yet) and its name for messages; streams it needs are closed with ``files``."""
     if isinstance(path_or_img, nib.spatialimages.SpatialImage):
         return path_or_img, "the input image"
     if not isinstance(path_or_img, (str, os.PathLike)):
@@ -100,13 +113,32 @@ def _open(path_or_img) -> tuple[nib.spatialimages.SpatialImage, str]:
     if path.is_dir():
         raise InputImageError(f"input is a directory, not a NIfTI file: {path}")
     try:
-        return nib.load(str(path)), str(path)
+        img = _open_nii_gz_fast(path, files)
+        return (img if img is not None else nib.load(str(path))), str(path)
     except Exception as exc:  # nibabel raises many types (ImageFileError, HeaderDataError, OSError, ...)
         reason = _gzip_problem(path)
         if reason is None and isinstance(exc, nib.filebasedimages.ImageFileError):
             reason = "its content is not a NIfTI (or other nibabel-readable) image header"
         reason = reason or _one_line(exc)
         raise InputImageError(f"cannot read {path} as a NIfTI image: {reason}") from None
+
+
+def _open_nii_gz_fast(path: Path, files: contextlib.ExitStack) -> nib.spatialimages.SpatialImage | None:
+    """A ``.nii.gz`` image read through ISA-L's gzip stream (None: use nibabel's own opener)."""
+    igzip = fast_gzip()
+    if igzip is None or not path.name.lower().endswith(".nii.gz"):
+        return None
+    with open(path, "rb") as fh:
+        if fh.read(2) != b"\x1f\x8b":
+            return None
+    stream = files.enter_context(igzip.open(path, "rb"))
+    head = stream.read(4)
+    sizes = {int.from_bytes(head, "little"), int.from_bytes(head, "big")}
+    klass = nib.Nifti1Image if 348 in sizes else nib.Nifti2Image if 540 in sizes else None
+    if klass is None:
+        return None
+    stream.seek(0)
+    return klass.from_file_map(klass.make_file_map({"image": stream, "header": stream}))
 
 
 def _gzip_problem(path: Path) -> str | None:
@@ -298,9 +330,17 @@ def nifti_header_bytes(img: nib.Nifti1Image) -> bytes:
     return bytes(sink.head[:offset])
 
 
+def _gzip_writer(raw, compresslevel: int):
+    """A gzip stream onto ``raw``: ISA-L for levels 0-3 when installed, else the standard library."""
+    igzip = fast_gzip()
+    if igzip is not None and 0 <= compresslevel <= 3:
+        return igzip.IGzipFile(filename="", fileobj=raw, mode="wb", compresslevel=compresslevel, mtime=0)
+    return gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=compresslevel, mtime=0)
+
+
 def _write_stream(img: nib.Nifti1Image, raw, gz: bool, compresslevel: int) -> None:
     if gz:
-        with gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=compresslevel, mtime=0) as stream:
+        with _gzip_writer(raw, compresslevel) as stream:
             img.to_stream(stream)
     else:
         img.to_stream(raw)
