@@ -122,6 +122,7 @@ def test_paths_are_made_absolute(nifti, tmp_path, api_calls, capsys, monkeypatch
       "debug": True, "test": 1}),
     (["--series_uid", "1.2.3"], {"series_uid": "1.2.3"}),
     (["--precision", "bf16"], {"precision": "bf16"}),
+    (["--compile", "off"], {"compile": "off"}),
 ])
 def test_flags_reach_the_api(tmp_path, api_calls, capsys, argv, expected):
     dicom = tmp_path / "dcm"  # a DICOM folder so that DICOM output types are allowed
@@ -135,6 +136,7 @@ def test_flags_reach_the_api(tmp_path, api_calls, capsys, argv, expected):
     assert "plans" not in kwargs
     assert ("series_uid" in kwargs) == ("series_uid" in expected)
     assert ("precision" in kwargs) == ("precision" in expected)
+    assert ("compile" in kwargs) == ("compile" in expected)
 
 
 def test_unknown_precision_is_a_usage_error(tmp_path, capsys):

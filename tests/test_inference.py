@@ -519,3 +519,47 @@ def test_network_with_weights_falls_back_to_a_copy():
     assert half.weight.dtype == torch.float32 and torch.equal(half.weight, weights["weight"])
     with pytest.raises(RuntimeError):
         network_with_weights(lambda: torch.nn.Conv3d(1, 3, 1), dict(weights), own_tensors=True)
+
+
+def test_compile_decision(single, weights):
+    from totalsegmentator.inference.compile import AUTO_MIN_FORWARDS, wants_compile
+
+    assert not wants_compile("off", single, 1000)
+    assert wants_compile("on", single, 1)
+    assert not wants_compile("auto", single, 1000)  # a tiny patch never pays for the compile time
+    multi = load_model(weights["folds"], (0, 1, 2), CPU)
+    assert not wants_compile("on", multi, 1000)  # fold switching and frozen weights do not mix
+    big = type(single)(**{**single.__dict__, "compiled": {}})
+    big.configuration_manager = type("CM", (), {"patch_size": [128, 128, 128]})()
+    assert wants_compile("auto", big, AUTO_MIN_FORWARDS) and not wants_compile("auto", big, AUTO_MIN_FORWARDS - 1)
+    with pytest.raises(ValueError, match="auto, on, off"):
+        wants_compile("yes", single, 1)
+
+
+def test_compiled_network_gives_the_eager_labels(single):
+    image = ct_like()
+    eager = predict_labels(single, image, (1.5, 1.5, 1.5), compile_mode="off")
+    compiled = predict_labels(single, image, (1.5, 1.5, 1.5), compile_mode="on")
+    assert single.compiled.get("module") is not None and not single.compiled.get("failed")
+    assert (compiled == eager).mean() >= 0.999
+    logits_eager = predict_logits(single, torch.from_numpy(image[None]), accumulate_dtype=torch.float32)
+    logits_compiled = predict_logits(single, torch.from_numpy(image[None]), accumulate_dtype=torch.float32,
+                                     compile_mode="on")
+    torch.testing.assert_close(logits_compiled, logits_eager, rtol=1e-4, atol=1e-4)
+
+
+def test_compile_failure_falls_back_to_eager(weights, monkeypatch, caplog):
+    model = load_model(weights["single"], (0,), CPU)
+
+    def broken_compile(module, **kwargs):
+        def run(x):
+            raise RuntimeError("no C++ compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    image = ct_like()
+    with caplog.at_level("WARNING"):
+        labels = predict_labels(model, image, (1.5, 1.5, 1.5), compile_mode="on")
+    assert model.compiled["failed"]
+    assert "torch.compile failed" in caplog.text and "no C++ compiler found" in caplog.text
+    np.testing.assert_array_equal(labels, predict_labels(model, image, (1.5, 1.5, 1.5), compile_mode="off"))

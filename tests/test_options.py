@@ -44,10 +44,11 @@ def test_fields_are_the_official_signature_plus_our_additions():
     params = inspect.signature(Options).parameters
     names = list(params)
     assert names[:len(OFFICIAL_API_PARAMS)] == list(OFFICIAL_API_PARAMS)
-    assert names == ["input", *OFFICIAL_DEFAULTS, "series_uid", "precision"]
+    assert names == ["input", *OFFICIAL_DEFAULTS, "series_uid", "precision", "compile"]
     assert params["input"].default is inspect.Parameter.empty
     assert {n: params[n].default for n in OFFICIAL_DEFAULTS} == OFFICIAL_DEFAULTS
     assert params["series_uid"].default is None and params["precision"].default is None
+    assert params["compile"].default is None
 
 
 def test_precision_option_and_environment(nifti, monkeypatch):
@@ -61,6 +62,18 @@ def test_precision_option_and_environment(nifti, monkeypatch):
         Options(input=nifti).validated().precision_effective()
     with pytest.raises(OptionError, match="precision must be one of auto, fp32, fp16, bf16, not 'half'"):
         Options(input=nifti, precision="half").validated()
+
+
+def test_compile_option_and_environment(nifti, monkeypatch):
+    monkeypatch.delenv("TOTALSEG_COMPILE", raising=False)
+    assert Options(input=nifti).validated().compile_effective() == "auto"
+    monkeypatch.setenv("TOTALSEG_COMPILE", "off")
+    assert Options(input=nifti).validated().compile_effective() == "off"
+    assert Options(input=nifti, compile="on").validated().compile_effective() == "on"
+    assert Options(input=nifti, compile="on").api_kwargs()["compile"] == "on"
+    assert "compile" not in Options(input=nifti).api_kwargs()
+    with pytest.raises(OptionError, match="compile must be one of auto, on, off, not 'yes'"):
+        Options(input=nifti, compile="yes").validated()
 
 
 def test_defaults_validate_and_are_not_changed(nifti):

@@ -169,7 +169,8 @@ def test_roi_subset_runs_only_the_parts_that_hold_the_classes(task_home, tmp_pat
     monkeypatch.setattr(cache, "get_model", lambda dataset_id, *a, **k: (asked.append(dataset_id), real(dataset_id, *a, **k))[1])
     totalsegmentator(small_ct(), tmp_path / "seg", roi_subset=["vertebrae_L1", "rib_left_3"], device="cpu",
                      quiet=True, skip_saving=True)
-    assert asked == [298, 292, 295]  # rough crop model, then the vertebrae and ribs parts only
+    # rough crop model (prefetched while reading, then taken from the cache), then the vertebrae and ribs parts
+    assert asked == [298, 298, 292, 295]
 
 
 def test_save_lowres_keeps_model_resolution(total_fast_home, tmp_path):
@@ -335,18 +336,22 @@ def test_prefetch_loads_into_the_cache_and_ignores_missing_weights(total_fast_ho
 def test_precision_reaches_the_predictor(total_fast_home, monkeypatch):
     from totalsegmentator.inference import predictor
 
-    seen = []
+    seen, compiled = [], []
     real = predictor.predict_labels
 
     def recording(*args, **kwargs):
         seen.append(kwargs["mixed_precision"])
+        compiled.append(kwargs["compile_mode"])
         return real(*args, **kwargs)
 
     monkeypatch.setattr(predictor, "predict_labels", recording)
     monkeypatch.delenv("TOTALSEG_PRECISION", raising=False)
+    monkeypatch.delenv("TOTALSEG_COMPILE", raising=False)
     reference = totalsegmentator(small_ct(), None, fast=True, device="cpu", quiet=True)
-    half = totalsegmentator(small_ct(), None, fast=True, device="cpu", quiet=True, precision="bf16")
+    half = totalsegmentator(small_ct(), None, fast=True, device="cpu", quiet=True, precision="bf16", compile="off")
     monkeypatch.setenv("TOTALSEG_PRECISION", "fp32")
+    monkeypatch.setenv("TOTALSEG_COMPILE", "off")
     totalsegmentator(small_ct(), None, fast=True, device="cpu", quiet=True)
     assert seen == ["auto", "bf16", "fp32"]
+    assert compiled == ["auto", "off", "off"]
     assert half.shape == reference.shape

@@ -39,6 +39,9 @@ STATS_AGGREGATIONS: tuple[str, ...] = ("mean", "median")
 # network precision (our addition): auto = nnU-Net's (float32 on the CPU, float16 autocast on CUDA)
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
 PRECISION_ENV = "TOTALSEG_PRECISION"
+# torch.compile of the networks (our addition; inference/compile.py): auto = on the CPU for long predictions
+COMPILE_MODES: tuple[str, ...] = ("auto", "on", "off")
+COMPILE_ENV = "TOTALSEG_COMPILE"
 
 TEST_VALUES: tuple[int, ...] = (0, 1, 3)
 RESAMPLING_ORDERS = range(0, 6)
@@ -192,6 +195,7 @@ class Options:
     # --- our additions ---
     series_uid: str | None = None  # which series of a DICOM folder holding several
     precision: str | None = None  # PRECISIONS; None: $TOTALSEG_PRECISION, else auto
+    compile: str | None = None  # COMPILE_MODES; None: $TOTALSEG_COMPILE, else auto
 
     # ------------------------------------------------------------------ validation
     def validated(self) -> Options:
@@ -247,6 +251,8 @@ class Options:
             raise OptionError(f"test must be 0, 1 or 3, not {self.test!r}")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.compile is not None and self.compile not in COMPILE_MODES:
+            raise OptionError(f"compile must be one of {', '.join(COMPILE_MODES)}, not {self.compile!r}")
         if self.stats_aggregation not in STATS_AGGREGATIONS:
             raise OptionError(f"stats_aggregation must be 'mean' or 'median', not {self.stats_aggregation!r}")
 
@@ -466,19 +472,27 @@ class Options:
     def api_kwargs(self) -> dict[str, Any]:
         """The official ``totalsegmentator()`` keyword arguments (our additions only when set)."""
         kwargs = {name: getattr(self, name) for name in OFFICIAL_API_PARAMS}
-        for name in ("series_uid", "precision"):
+        for name in ("series_uid", "precision", "compile"):
             if getattr(self, name) is not None:
                 kwargs[name] = getattr(self, name)
         return kwargs
 
     def precision_effective(self) -> str:
         """The network precision: the option, else ``$TOTALSEG_PRECISION``, else auto."""
-        if self.precision is not None:
-            return self.precision
-        value = os.environ.get(PRECISION_ENV, "").strip().lower() or "auto"
-        if value not in PRECISIONS:
-            raise OptionError(f"{PRECISION_ENV} must be one of {', '.join(PRECISIONS)}, not {value!r}")
+        return _option_or_env(self.precision, PRECISION_ENV, PRECISIONS)
+
+    def compile_effective(self) -> str:
+        """Whether networks are compiled: the option, else ``$TOTALSEG_COMPILE``, else auto."""
+        return _option_or_env(self.compile, COMPILE_ENV, COMPILE_MODES)
+
+
+def _option_or_env(value: str | None, env: str, choices: tuple[str, ...]) -> str:
+    if value is not None:
         return value
+    value = os.environ.get(env, "").strip().lower() or "auto"
+    if value not in choices:
+        raise OptionError(f"{env} must be one of {', '.join(choices)}, not {value!r}")
+    return value
 
 
 def validate_options(**kwargs: Any) -> Options:

@@ -45,6 +45,7 @@ class RunSettings:
     quiet: bool = False
     save_probabilities: Path | None = None
     precision: str = "auto"  # network precision (options.PRECISIONS)
+    compile: str = "auto"  # torch.compile of the networks (options.COMPILE_MODES)
     timer: StageTimer = field(default_factory=lambda: NULL_TIMER)
 
 
@@ -94,7 +95,7 @@ def _predict_models(data: np.ndarray, spacing: tuple, task: Task, mode: Mode, pa
         with s.timer.stage("network"):
             out = predict_labels(model, data, spacing, mode.step_size, s.device,
                                  return_probabilities=s.save_probabilities is not None, progress=not s.quiet,
-                                 mixed_precision=s.precision)
+                                 mixed_precision=s.precision, compile_mode=s.compile)
         if s.save_probabilities is not None:
             out, probabilities = out
             _save_probabilities(probabilities, spacing, s.save_probabilities)
@@ -209,7 +210,7 @@ def rough_segmentation(img: nib.Nifti1Image, kind: str, s: RunSettings) -> tuple
     assert mode.dataset_ids[0] == rough_crop_model(kind)["dataset_id"]
     rough_settings = RunSettings(device=s.device, resampling_order=s.resampling_order,
                                  nr_thr_resamp=s.nr_thr_resamp, quiet=s.quiet, precision=s.precision,
-                                 timer=s.timer)
+                                 compile=s.compile, timer=s.timer)
     pred = predict_image(img, rough_task, mode, rough_settings)
     return pred.labels, rough_task.class_map
 

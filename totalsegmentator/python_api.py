@@ -38,13 +38,14 @@ def totalsegmentator(input: str | Path | nib.Nifti1Image, output: str | Path | N
                      save_probabilities: str | Path | None = None, debug: bool = False,
                      report: str | Path | None = None, statistics_extra: bool = False, save_lowres: bool = False,
                      resampling_order: int = 1, plans: str = "nnUNetPlans", model_size: str = "big",
-                     series_uid: str | None = None, precision: str | None = None,
+                     series_uid: str | None = None, precision: str | None = None, compile: str | None = None,
                      timer: StageTimer | None = None):
     """Segment ``input`` with ``task``; write the outputs to ``output`` (unless None) and return the image.
 
     Returns the multilabel segmentation (uint8, input geometry, label names in the header extension), or
     ``(image, statistics_dict)`` when ``statistics`` is set. Our additions: ``series_uid`` (which series of a
-    DICOM folder), ``precision`` (network precision: auto, fp32, fp16, bf16; None: ``$TOTALSEG_PRECISION``).
+    DICOM folder), ``precision`` (network precision: auto, fp32, fp16, bf16; None: ``$TOTALSEG_PRECISION``),
+    ``compile`` (torch.compile of the networks: auto, on, off; None: ``$TOTALSEG_COMPILE``).
     """
     kwargs = {k: v for k, v in locals().items() if k != "timer"}
     opts = Options(**kwargs).validated()
@@ -61,7 +62,7 @@ def _settings(opts: Options, device, timer: StageTimer):
         higher_order_resampling=opts.higher_order_resampling,
         higher_order_resampling_legacy=opts.higher_order_resampling_LEGACY,
         remove_small_blobs_mm3=float(blobs) if blobs else None, quiet=opts.quiet,
-        precision=opts.precision_effective(),
+        precision=opts.precision_effective(), compile=opts.compile_effective(),
         save_probabilities=Path(opts.save_probabilities) if opts.save_probabilities else None, timer=timer)
 
 

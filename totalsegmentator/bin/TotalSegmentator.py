@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..options import OUTPUT_TYPE_ALIASES, OUTPUT_TYPES, PRECISIONS, Options, is_nifti_path
+from ..options import COMPILE_MODES, OUTPUT_TYPE_ALIASES, OUTPUT_TYPES, PRECISIONS, Options, is_nifti_path
 from ..registry import TASKS, format_classes_table, format_tasks_table, get_task
 from ._common import EXIT_OK, OneLineParser, absolute_path, print_warning, run_command, task_name
 
@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="network precision (extension): auto (default; nnU-Net's float32 on the CPU, float16 "
                         "autocast on CUDA), fp32, fp16 or bf16; default from $TOTALSEG_PRECISION")
+    p.add_argument("--compile", choices=COMPILE_MODES, default=None,
+                   help="torch.compile the networks (extension): auto (default; on the CPU when a model runs on "
+                        "many tiles), on or off; default from $TOTALSEG_COMPILE")
     p.add_argument("--version", action="version", version=__version__)
     return p
 
@@ -232,7 +235,7 @@ def api_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
         debug=args.debug, report=args.report, statistics_extra=args.statistics_extra,
         save_lowres=args.save_lowres, resampling_order=args.resampling_order, model_size=args.model_size,
     )
-    for name in ("series_uid", "precision"):
+    for name in ("series_uid", "precision", "compile"):
         if getattr(args, name) is not None:
             kwargs[name] = getattr(args, name)
     return kwargs

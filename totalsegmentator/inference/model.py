@@ -56,6 +56,8 @@ class LoadedModel:
     fold_weights: list[dict[str, torch.Tensor]] = field(default_factory=list, repr=False)
     # predictions with one model run one at a time (fold switching changes the shared network's weights)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    # torch.compile state of the network (inference/compile.py)
+    compiled: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:

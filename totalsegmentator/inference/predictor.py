@@ -52,6 +52,7 @@ from tqdm import tqdm
 from ..errors import InputImageError
 from ..options import PRECISION_ENV, PRECISIONS
 from ..timing import StageTimer
+from .compile import network_runner, wants_compile
 from .model import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def _empty_cache(device: torch.device) -> None:
 
 def _sliding_window(model: LoadedModel, data: torch.Tensor, step_size: float, results_device: torch.device,
                     accumulate_dtype: torch.dtype, tile_batch_size: int, autocast_dtype: torch.dtype | None,
-                    progress: bool) -> torch.Tensor:
+                    progress: bool, compile_mode: str = "off") -> torch.Tensor:
     """Mean over folds of the Gaussian-weighted tile logits, shape (classes, *data.shape[1:])."""
     from acvl_utils.cropping_and_padding.padding import pad_nd_image
 
@@ -142,7 +143,9 @@ def _sliding_window(model: LoadedModel, data: torch.Tensor, step_size: float, re
     total = logits = None
     with tqdm(total=len(slicers) * model.num_folds, disable=not progress, desc="Predicting", unit="tile",
               leave=False) as bar:
+        compiled = wants_compile(compile_mode, model, len(slicers))
         for network in model.fold_networks():
+            network = network_runner(model, compiled) if compiled else network
             if logits is None or per_fold:
                 # one tile covering the (padded) image: zeros + tile is the tile itself, rounded once, so the
                 # accumulator is made from it instead of being filled with zeros first
@@ -206,7 +209,7 @@ def _all_finite(t: torch.Tensor) -> bool:
 def predict_logits(model: LoadedModel, data_czyx: torch.Tensor | np.ndarray, step_size: float = 0.5,
                    progress: bool = False, accumulate_dtype: torch.dtype = torch.float16,
                    tile_batch_size: int = 1, mixed_precision: bool | str | None = None,
-                   results_device: torch.device | None = None) -> torch.Tensor:
+                   results_device: torch.device | None = None, compile_mode: str = "off") -> torch.Tensor:
     """Sliding-window logits of a preprocessed (channels, z, y, x) array, averaged over the model's folds.
 
     The result lies on ``results_device`` (default: the model's device; the CPU when that runs out of memory).
@@ -214,7 +217,8 @@ def predict_logits(model: LoadedModel, data_czyx: torch.Tensor | np.ndarray, ste
     CUDA and float32 elsewhere; False or "fp32" is float32 everywhere; True is autocast with the device's usual
     half type (CUDA float16, CPU bfloat16); "fp16" / "bf16" is autocast with that type. Half precision changes
     the argmax of near-ties (see the README, "Speed and memory"); logits are accumulated as ``accumulate_dtype``
-    either way.
+    either way. ``compile_mode`` (auto/on/off) runs a single-fold network through ``torch.compile``
+    (see ``inference/compile.py``).
     """
     if not 0 < step_size <= 1:
         raise ValueError(f"step_size must be in (0, 1], got {step_size}")
@@ -230,7 +234,7 @@ def predict_logits(model: LoadedModel, data_czyx: torch.Tensor | np.ndarray, ste
 
     def run(on: torch.device) -> torch.Tensor:
         return _sliding_window(model, data, step_size, on, accumulate_dtype, tile_batch_size, autocast_dtype,
-                               progress)
+                               progress, compile_mode)
 
     old_benchmark = torch.backends.cudnn.benchmark
     if model.device.type == "cuda":
@@ -370,7 +374,7 @@ def _labels_in_place(model: LoadedModel, logits: torch.Tensor, properties: dict)
 def predict_labels(model: LoadedModel, image_xyz: np.ndarray, spacing_xyz: Sequence[float], step_size: float = 0.5,
                    device: torch.device | str | None = None, return_probabilities: bool = False,
                    progress: bool = False, *, accumulate_dtype: torch.dtype = torch.float16,
-                   tile_batch_size: int = 1, mixed_precision: bool | str | None = None
+                   tile_batch_size: int = 1, mixed_precision: bool | str | None = None, compile_mode: str = "off"
                    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Label map (x, y, z) of one 3D image with the model's own preprocessing, sliding window and export.
 
@@ -397,7 +401,7 @@ def predict_labels(model: LoadedModel, image_xyz: np.ndarray, spacing_xyz: Seque
     with STAGE_TIMER.stage("sliding_window"):
         logits = predict_logits(model, torch.from_numpy(data), step_size, progress=progress,
                                 accumulate_dtype=accumulate_dtype, tile_batch_size=tile_batch_size,
-                                mixed_precision=mixed_precision)
+                                mixed_precision=mixed_precision, compile_mode=compile_mode)
     del data
     with STAGE_TIMER.stage("export"):
         same_shape = tuple(logits.shape[1:]) == tuple(properties["shape_after_cropping_and_before_resampling"])
