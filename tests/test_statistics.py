@@ -161,7 +161,7 @@ def _mask_dir(tmp_path):
 def test_radiomics_missing_dependency(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "radiomics", None)  # makes `import radiomics` raise ImportError
     out = tmp_path / "statistics_radiomics.json"
-    with pytest.raises(OptionalDependencyError, match="pip install pyradiomics"):
+    with pytest.raises(OptionalDependencyError, match="pip install --no-build-isolation pyradiomics==3.0.1"):
         get_radiomics_features_for_entire_dir(tmp_path / "ct.nii.gz", _mask_dir(tmp_path), out)
     assert not out.exists()
 
@@ -212,7 +212,15 @@ def test_radiomics_with_stand_in_extractor(tmp_path, monkeypatch):
 def test_radiomics_real_pyradiomics(tmp_path):
     pytest.importorskip("radiomics")
     rng = np.random.default_rng(0)
-    ct = nib.Nifti1Image(rng.normal(50, 10, (30, 30, 30)).astype(np.int16), np.eye(4))
-    res = get_radiomics_features_for_entire_dir(ct, _mask_dir(tmp_path), None)
-    assert res["liver"]["shape_VoxelVolume"] > 0
-    assert "firstorder_Mean" in res["liver"]
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])  # pyradiomics resamples to 3 mm: a 1 mm cube of 4 voxels would vanish
+    ct = nib.Nifti1Image(rng.normal(50, 10, (20, 20, 20)).astype(np.int16), affine)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    liver = np.zeros((20, 20, 20), np.uint8)
+    liver[5:11, 5:11, 5:11] = 1
+    nib.save(nib.Nifti1Image(liver, affine), masks / "liver.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros_like(liver), affine), masks / "spleen.nii.gz")
+    res = get_radiomics_features_for_entire_dir(ct, masks, None)
+    assert res["liver"]["shape_VoxelVolume"] == 6 ** 3 * 27.0
+    assert abs(res["liver"]["firstorder_Mean"] - ct.get_fdata()[liver > 0].mean()) < 1e-3
+    assert set(res["spleen"].values()) == {0.0}

@@ -1,6 +1,7 @@
 """Shape and first-order radiomics features per mask (``statistics_radiomics.json``, formats.md §12).
 
-pyradiomics is optional (``pip install pyradiomics`` or ``totalsegmentator[radiomics]``); it is imported
+pyradiomics is optional (``pip install --no-build-isolation pyradiomics==3.0.1``: its 3.1.0 sdist does not build
+and it has no wheels for current Pythons); it is imported
 only when features are requested and its absence is reported before anything is written.
 """
 from __future__ import annotations
@@ -56,15 +57,19 @@ def _import_featureextractor():
         from radiomics import featureextractor
     except ImportError:
         raise OptionalDependencyError(
-            "radiomics features need pyradiomics: pip install pyradiomics (or totalsegmentator[radiomics])"
+            "radiomics features need pyradiomics: pip install --no-build-isolation pyradiomics==3.0.1"
         ) from None
     logging.getLogger("radiomics").setLevel(logging.ERROR)
     return featureextractor
 
 
 def zero_features() -> dict[str, float]:
-    """The entry written for empty masks or failed extractions (107 keys, all 0)."""
-    return {name: 0 for name in ZERO_FEATURE_NAMES}
+    """The entry written for empty masks or failed extractions (107 keys, all 0.0).
+
+    Floats, like every other value: the official tool sends this entry through the same ``round(float(v), 4)``
+    as a successful one, so the file holds ``0.0`` (not ``0``).
+    """
+    return {name: 0.0 for name in ZERO_FEATURE_NAMES}
 
 
 def _mask_is_constant(mask_file: Path) -> bool:
@@ -72,22 +77,28 @@ def _mask_is_constant(mask_file: Path) -> bool:
     return data.size == 0 or data.min() == data.max()
 
 
-def get_radiomics_features(ct_file: str | Path, mask_file: str | Path,
+def get_radiomics_features(seg_file: str | Path, img_file: str | Path = "ct.nii.gz",
                            settings: dict[str, Any] | None = None) -> tuple[str, dict[str, float]]:
-    """(mask name, {feature: value}) for one mask; zero entry for empty masks or extractor errors."""
+    """(mask name, {feature: value}) for one mask file ``seg_file`` on the image ``img_file``.
+
+    Same argument order as the official ``totalsegmentator.statistics.get_radiomics_features(seg_file,
+    img_file="ct.nii.gz")``. A mask with a single distinct value (empty), one that cannot be read, or one that
+    pyradiomics refuses (too small, geometry mismatch, ...) gets the all-zero entry.
+    """
     featureextractor = _import_featureextractor()
-    mask_file = Path(mask_file)
-    name = mask_file.name.split(".")[0]
-    if _mask_is_constant(mask_file):
-        return name, zero_features()
+    seg_file = Path(seg_file)
+    name = seg_file.name.split(".")[0]
     try:
+        if _mask_is_constant(seg_file):
+            return name, zero_features()
         extractor = featureextractor.RadiomicsFeatureExtractor(**dict(settings or RADIOMICS_SETTINGS))
         extractor.disableAllFeatures()
         for cls in ENABLED_FEATURE_CLASSES:
             extractor.enableFeatureClassByName(cls)
-        raw = extractor.execute(str(ct_file), str(mask_file))
+        raw = extractor.execute(str(img_file), str(seg_file))
     except Exception:  # pyradiomics raises plain ValueError/RuntimeError for degenerate masks
         return name, zero_features()
+    # values are numpy scalars or 0-d arrays; JSON needs plain floats
     features = {k[len("original_"):]: round(float(v), 4) for k, v in raw.items() if k.startswith("original_")}
     return name, features
 
@@ -108,7 +119,7 @@ def get_radiomics_features_for_entire_dir(ct_file: str | Path | nib.Nifti1Image,
             ct_path = Path(ct_file)
             if not ct_path.exists():
                 raise InputImageError(f"image not found: {ct_path}")
-        results = dict(get_radiomics_features(ct_path, m) for m in masks)
+        results = dict(get_radiomics_features(m, ct_path) for m in masks)
     if file_out is not None:
         write_json_atomic(results, file_out)
     return results
