@@ -308,7 +308,8 @@ def test_prefetched_model_is_the_first_one_the_run_loads(task_name, kwargs, task
         raise _FirstLoad((dataset_id, trainer, plans, configuration, folds))
 
     monkeypatch.setattr(weights, "ensure_dataset", lambda *a, **k: None)
-    monkeypatch.setattr(pipeline, "prefetch_model", lambda key, device: None)
+    monkeypatch.setattr(pipeline, "prefetch_model",
+                        lambda key, device, quiet=False: pipeline.ModelPrefetch(None, device, quiet))
     monkeypatch.setattr(cache, "get_model", first_load)
     opts = Options(input=small_ct(), task=task_name, device="cpu", quiet=True, **kwargs).validated()
     expected = pipeline.first_model(get_task(task_name), opts.selected_mode(), opts.crop_plan(),
@@ -333,7 +334,11 @@ def test_prefetch_loads_into_the_cache_and_ignores_missing_weights(total_fast_ho
     missing = pipeline.prefetch_model((999, "nnUNetTrainer", "nnUNetPlans", "3d_fullres", (0,)), "cpu")
     missing.join()  # the error is left to the pipeline's own load
     assert len(cache.cached_models()) == 1
-    assert pipeline.prefetch_model(None, "cpu") is None
+    import torch
+
+    assert pipeline.prefetch_model(None, "cpu").device() == torch.device("cpu")
+    with pytest.raises(OptionError, match="invalid device 'tpu'"):
+        pipeline.prefetch_model(key, "tpu").device()
 
 
 def test_precision_reaches_the_predictor(total_fast_home, monkeypatch):

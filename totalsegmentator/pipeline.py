@@ -307,24 +307,54 @@ def first_model(task: Task, mode: Mode, crop_plan: CropPlan | None = None,
     return parts[0].dataset_id, mode.trainer, mode.plans, mode.configuration, mode.folds
 
 
-def prefetch_model(model_key: tuple | None, device) -> threading.Thread | None:
-    """Load a model into the process-wide cache in a background thread (while the input is read).
+class ModelPrefetch:
+    """Background start of a run while the input is read: import torch, resolve the device, load a model.
 
-    Any failure is ignored here: the regular load in the pipeline reports it."""
-    if model_key is None:
-        return None
+    ``device()`` waits for the device (and raises what resolving it raised); errors of the model load are
+    ignored here, the pipeline's own load reports them."""
 
-    def load() -> None:
+    def __init__(self, model_key: tuple | None, device, quiet: bool = False) -> None:
+        self._model_key, self._device_arg, self._quiet = model_key, device, quiet
+        self._device = None
+        self._error: BaseException | None = None
+        self._device_ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="totalseg-model-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            from .inference.device import resolve_device
+
+            self._device = resolve_device(self._device_arg, quiet=self._quiet)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller by device()
+            self._error = e
+            return
+        finally:
+            self._device_ready.set()
+        if self._model_key is None:
+            return
         try:
             from .inference.cache import get_model
 
-            get_model(*model_key, device)
+            get_model(*self._model_key, self._device)
         except Exception:  # noqa: BLE001 - reported again by the pipeline's own load
             pass
 
-    thread = threading.Thread(target=load, name="totalseg-model-prefetch", daemon=True)
-    thread.start()
-    return thread
+    def device(self):
+        """The resolved torch device."""
+        self._device_ready.wait()
+        if self._error is not None:
+            raise self._error
+        return self._device
+
+    def join(self) -> None:
+        self._thread.join()
+
+
+def prefetch_model(model_key: tuple | None, device, quiet: bool = False) -> ModelPrefetch:
+    """Resolve ``device`` and load the model ``model_key`` (see ``first_model``) into the process-wide cache
+    in a background thread."""
+    return ModelPrefetch(model_key, device, quiet)
 
 
 def resampling_threads(requested: int) -> int:

@@ -106,14 +106,12 @@ def _dataset_ids_needed(opts: Options) -> list[int]:
 
 def run(opts: Options, timer: StageTimer) -> Any:
     """Run validated options; see ``totalsegmentator``."""
-    from .inference.device import resolve_device
     from .pipeline import first_model, prefetch_model, segment
     from .weights import ensure_dataset
 
     start = time.perf_counter()
     task = get_task(opts.task)
     mode = opts.selected_mode()
-    device = resolve_device(opts.device, quiet=opts.quiet)
     config.setup_config()
     if opts.license_number:
         config.set_license_number(opts.license_number)
@@ -125,13 +123,15 @@ def run(opts: Options, timer: StageTimer) -> Any:
         _log(notice, opts.quiet)
     _check_optional_features(opts, task)
 
-    # the first model loads in the background while the input is read (when its weights are installed)
-    prefetch = prefetch_model(first_model(task, mode, opts.crop_plan(), opts.roi_subset_effective), device)
+    # torch imports, the device and the first model (when its weights are installed) in the background while
+    # the input is read
+    prefetch = prefetch_model(first_model(task, mode, opts.crop_plan(), opts.roi_subset_effective), opts.device,
+                              quiet=opts.quiet)
     try:
         img, series = _load_input(opts, timer)  # input errors before any download
+        device = prefetch.device()
     except BaseException:
-        if prefetch is not None:
-            prefetch.join()  # no half-loaded model left behind in a process that goes on
+        prefetch.join()  # no half-loaded model left behind in a process that goes on
         raise
     with timer.stage("weights"):
         for dataset_id in _dataset_ids_needed(opts):
