@@ -191,6 +191,24 @@ def test_force_split_gives_the_same_labels(total_fast_home):
     assert split.shape == whole.shape
 
 
+@pytest.mark.parametrize("memory_short", [False, True])
+def test_big_image_is_split_only_when_memory_is_short(memory_short, task_home, monkeypatch):
+    from totalsegmentator.preprocessing import splitting
+
+    install_task_weights("total")
+    monkeypatch.setattr(splitting, "SPLIT_MIN_VOXELS", 100)  # make the small test image "big"
+    monkeypatch.setattr(splitting, "SPLIT_MIN_SLICES", 5)
+    monkeypatch.setattr(splitting, "available_memory_bytes",
+                        lambda device, fraction=0.7: 1000 if memory_short else 10 ** 12)
+    planned = []
+    real_plan = splitting.plan_chunks
+    monkeypatch.setattr(splitting, "plan_chunks", lambda n, *a, **k: planned.append(n) or real_plan(n, *a, **k))
+    img = small_ct(shape=(12, 12, 40))
+    seg = totalsegmentator(img, None, device="cpu", quiet=True)
+    assert seg.shape == img.shape
+    assert bool(planned) == memory_short
+
+
 def test_v1_order_relabels_the_multilabel_output(total_fast_home, tmp_path):
     seg = totalsegmentator(small_ct(), tmp_path / "seg.nii.gz", ml=True, fast=True, v1_order=True, device="cpu",
                            quiet=True)

@@ -15,7 +15,8 @@ from totalsegmentator.preprocessing.resampling import (
     resample_labels_to_shape,
     zoom_image,
 )
-from totalsegmentator.preprocessing.splitting import merge_chunks, needs_split, plan_chunks, split_array
+from totalsegmentator.preprocessing.splitting import (available_memory_bytes, merge_chunks, needs_split, plan_chunks,
+                                                      split_array, whole_image_bytes)
 
 RNG = np.random.default_rng(7)
 
@@ -235,6 +236,19 @@ def test_needs_split_rule():
     assert not needs_split(big, multi_model=True, force=True, cascade=True)
     assert not needs_split((2000, 2000, 200), multi_model=True)  # > voxel limit but only 200 slices
     assert not needs_split((512, 512, 900), multi_model=True)  # exactly the voxel limit
+
+
+def test_big_images_are_split_only_when_memory_is_short():
+    big = (512, 512, 901)
+    need = whole_image_bytes(big, 25)
+    assert need == 512 * 512 * 901 * (2 * 25 + 8)
+    assert not needs_split(big, multi_model=True, bytes_needed=need, bytes_available=need)
+    assert needs_split(big, multi_model=True, bytes_needed=need, bytes_available=need - 1)
+    assert not needs_split((100, 100, 100), multi_model=True, bytes_needed=need, bytes_available=0)
+    assert needs_split((10, 10, 10), multi_model=False, force=True, bytes_needed=1, bytes_available=10)
+    assert needs_split(big, multi_model=True, bytes_needed=need, bytes_available=None)  # unknown: official rule
+    available = available_memory_bytes("cpu")
+    assert available is None or 0 < available
 
 
 def test_real_mr_scan_geometry_round_trip(shared_data):

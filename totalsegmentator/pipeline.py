@@ -125,8 +125,12 @@ def _save_probabilities(probabilities: np.ndarray, spacing: tuple, path: Path) -
 
 def _predict_resampled(data: np.ndarray, spacing: tuple, task: Task, mode: Mode, parts: list[Part],
                        s: RunSettings) -> np.ndarray:
-    """Models on the resampled canonical image, in overlapping z-chunks when the image is big."""
-    if not splitting.needs_split(data.shape, multi_model=len(mode.parts) > 1, force=s.force_split):
+    """Models on the resampled canonical image, in overlapping z-chunks when the image is too big for memory."""
+    num_classes = max(len(p.class_map) for p in parts) + 1 if parts else 2
+    split = splitting.needs_split(data.shape, multi_model=len(mode.parts) > 1, force=s.force_split,
+                                  bytes_needed=splitting.whole_image_bytes(data.shape, num_classes),
+                                  bytes_available=splitting.available_memory_bytes(s.device))
+    if not split:
         return _predict_models(data, spacing, task, mode, parts, s)
     chunks = splitting.plan_chunks(data.shape[2])
     results = [_predict_models(np.ascontiguousarray(window), spacing, task, mode, parts, s)
