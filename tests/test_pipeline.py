@@ -319,18 +319,18 @@ class _FirstLoad(Exception):
     ("total", {"robust_crop": True, "roi_subset": ["brain"]}), ("total_mr", {"roi_subset": ["liver"]})])
 def test_prefetched_model_is_the_first_one_the_run_loads(task_name, kwargs, task_home, monkeypatch):
     """``first_model`` names exactly the model the pipeline loads first (the one loaded while reading)."""
-    from totalsegmentator import pipeline, weights
+    from totalsegmentator import prefetch, weights
     from totalsegmentator.inference import cache
 
     def first_load(dataset_id, trainer, plans, configuration, folds, device, *args, **kw):
         raise _FirstLoad((dataset_id, trainer, plans, configuration, folds))
 
     monkeypatch.setattr(weights, "ensure_dataset", lambda *a, **k: None)
-    monkeypatch.setattr(pipeline, "prefetch_model",
-                        lambda key, device, quiet=False: pipeline.ModelPrefetch(None, device, quiet))
+    monkeypatch.setattr(prefetch, "prefetch_model",
+                        lambda key, device, quiet=False: prefetch.ModelPrefetch(None, device, quiet))
     monkeypatch.setattr(cache, "get_model", first_load)
     opts = Options(input=small_ct(), task=task_name, device="cpu", quiet=True, **kwargs).validated()
-    expected = pipeline.first_model(get_task(task_name), opts.selected_mode(), opts.crop_plan(),
+    expected = prefetch.first_model(get_task(task_name), opts.selected_mode(), opts.crop_plan(),
                                     opts.roi_subset_effective)
     with pytest.raises(_FirstLoad) as loaded:
         totalsegmentator(small_ct(), None, task=task_name, device="cpu", quiet=True, **kwargs)
@@ -341,22 +341,22 @@ def test_prefetched_model_is_the_first_one_the_run_loads(task_name, kwargs, task
 
 
 def test_prefetch_loads_into_the_cache_and_ignores_missing_weights(total_fast_home):
-    from totalsegmentator import pipeline
+    from totalsegmentator import prefetch
     from totalsegmentator.inference import cache
 
     mode = get_task("total").modes["fast"]
-    key = pipeline.first_model(get_task("total"), mode)
-    pipeline.prefetch_model(key, "cpu").join()
+    key = prefetch.first_model(get_task("total"), mode)
+    prefetch.prefetch_model(key, "cpu").join()
     assert [m.result_folder.name.split("__")[0] for m in cache.cached_models()] == ["nnUNetTrainer_4000epochs_NoMirroring"]
     assert cache.cached_models()[0].result_folder.parent.name.startswith(f"Dataset{key[0]}_")
-    missing = pipeline.prefetch_model((999, "nnUNetTrainer", "nnUNetPlans", "3d_fullres", (0,)), "cpu")
+    missing = prefetch.prefetch_model((999, "nnUNetTrainer", "nnUNetPlans", "3d_fullres", (0,)), "cpu")
     missing.join()  # the error is left to the pipeline's own load
     assert len(cache.cached_models()) == 1
     import torch
 
-    assert pipeline.prefetch_model(None, "cpu").device() == torch.device("cpu")
+    assert prefetch.prefetch_model(None, "cpu").device() == torch.device("cpu")
     with pytest.raises(OptionError, match="invalid device 'tpu'"):
-        pipeline.prefetch_model(key, "tpu").device()
+        prefetch.prefetch_model(key, "tpu").device()
 
 
 def test_precision_reaches_the_predictor(total_fast_home, monkeypatch):

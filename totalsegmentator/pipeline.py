@@ -9,7 +9,6 @@ cropping, helper models (vertebrae_pp_refined) and the rules applied at the inpu
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,7 +69,8 @@ def _voxel_sizes(affine: np.ndarray) -> np.ndarray:
     return np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
 
 
-def _model_parts(task: Task, mode: Mode, roi_subset: list[str] | None) -> list[Part]:
+def model_parts(task: Task, mode: Mode, roi_subset: list[str] | None) -> list[Part]:
+    """The models a mode runs, in order (with a roi_subset only those holding one of its classes)."""
     if mode.parts:
         parts = list(mode.parts)
         if roi_subset:
@@ -181,7 +181,7 @@ def predict_image(img: nib.Nifti1Image, task: Task, mode: Mode, s: RunSettings,
         else:
             data_r, affine_r = data_c, affine_c
 
-    parts = _model_parts(task, mode, roi_subset)
+    parts = model_parts(task, mode, roi_subset)
     labels_r = _predict_resampled(data_r, tuple(_voxel_sizes(affine_r)), task, mode, parts, s)
     _release_shared_preprocessing()  # all models of this image have run
     with s.timer.stage("postprocess"):
@@ -285,80 +285,6 @@ def segment(img: nib.Nifti1Image, task: Task, mode: Mode, s: RunSettings, crop_p
             outside = _mask_of(rough[0], rough[1], mode.remove_outside.classes)
             labels = post.remove_outside(labels, outside, voxel_sizes, mode.remove_outside.dilation_mm)
     return Segmentation(labels, pred.affine, _filtered(label_map, roi_subset), pred.lowres)
-
-
-def first_model(task: Task, mode: Mode, crop_plan: CropPlan | None = None,
-                roi_subset: list[str] | None = None) -> tuple | None:
-    """``(dataset_id, trainer, plans, configuration, folds)`` of the first model ``segment`` runs, or None when
-    that depends on another task's run (e.g. teeth's crop task)."""
-    rough_kind = None
-    if crop_plan is not None:
-        if crop_plan.rough_model is None:
-            return None
-        rough_kind = crop_plan.rough_model
-    elif mode.remove_outside is not None:
-        rough_kind = "ct_robust"
-    if rough_kind is not None:
-        task_name, mode_name = ROUGH_KIND_TO_MODE[rough_kind]
-        task, mode = get_task(task_name), get_task(task_name).modes[mode_name]
-        roi_subset = None
-    elif task.refine:
-        task = get_task(task.refine["task"])
-        mode, roi_subset = task.mode(), None
-    parts = _model_parts(task, mode, roi_subset)
-    if not parts:
-        return None
-    return parts[0].dataset_id, mode.trainer, mode.plans, mode.configuration, mode.folds
-
-
-class ModelPrefetch:
-    """Background start of a run while the input is read: import torch, resolve the device, load a model.
-
-    ``device()`` waits for the device (and raises what resolving it raised); errors of the model load are
-    ignored here, the pipeline's own load reports them."""
-
-    def __init__(self, model_key: tuple | None, device, quiet: bool = False) -> None:
-        self._model_key, self._device_arg, self._quiet = model_key, device, quiet
-        self._device = None
-        self._error: BaseException | None = None
-        self._device_ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="totalseg-model-prefetch", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            from .inference.device import resolve_device
-
-            self._device = resolve_device(self._device_arg, quiet=self._quiet)
-        except BaseException as e:  # noqa: BLE001 - handed to the caller by device()
-            self._error = e
-            return
-        finally:
-            self._device_ready.set()
-        if self._model_key is None:
-            return
-        try:
-            from .inference.cache import get_model
-
-            get_model(*self._model_key, self._device)
-        except Exception:  # noqa: BLE001 - reported again by the pipeline's own load
-            pass
-
-    def device(self):
-        """The resolved torch device."""
-        self._device_ready.wait()
-        if self._error is not None:
-            raise self._error
-        return self._device
-
-    def join(self) -> None:
-        self._thread.join()
-
-
-def prefetch_model(model_key: tuple | None, device, quiet: bool = False) -> ModelPrefetch:
-    """Resolve ``device`` and load the model ``model_key`` (see ``first_model``) into the process-wide cache
-    in a background thread."""
-    return ModelPrefetch(model_key, device, quiet)
 
 
 def resampling_threads(requested: int) -> int:

@@ -106,7 +106,8 @@ def _dataset_ids_needed(opts: Options) -> list[int]:
 
 def run(opts: Options, timer: StageTimer) -> Any:
     """Run validated options; see ``totalsegmentator``."""
-    from .pipeline import first_model, prefetch_model, segment
+    from .pipeline import segment
+    from .prefetch import first_model, prefetch_model
     from .weights import ensure_dataset
 
     start = time.perf_counter()
