@@ -18,6 +18,20 @@ def totalseg_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
+@pytest.fixture
+def weights_home(weights_dir, tmp_path, monkeypatch) -> Path:
+    """A fresh home reading its weights from the module's ``weights_dir`` fixture; the model cache is emptied
+    before and after the test."""
+    from totalsegmentator.inference.cache import clear_cache
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(home))
+    monkeypatch.setenv("TOTALSEG_WEIGHTS_PATH", str(weights_dir))
+    clear_cache()
+    yield home
+    clear_cache()
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` with the real example scans; tests using it skip when it is not there."""

@@ -6,7 +6,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from totalsegmentator.inference.cache import clear_cache
 from totalsegmentator.python_api import totalsegmentator
 from totalsegmentator.registry import get_task
 from totalsegmentator.testing.phantom_model import PHANTOM_BLOBS, PHANTOM_DATASET, train_phantom_model
@@ -21,20 +20,12 @@ PHANTOM = Phantom(body_radius_mm=75.0, blobs=BLOBS)
 
 
 @pytest.fixture(scope="module")
-def phantom_weights(tmp_path_factory):
+def weights_dir(tmp_path_factory):
+    """The phantom-trained model (read by conftest's ``weights_home``)."""
     weights = tmp_path_factory.mktemp("phantom_weights")
     assert get_task(TASK).mode().dataset_ids == (PHANTOM_DATASET,)
     train_phantom_model(weights)
     return weights
-
-
-@pytest.fixture
-def phantom_home(phantom_weights, tmp_path, monkeypatch):
-    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path / "home"))
-    monkeypatch.setenv("TOTALSEG_WEIGHTS_PATH", str(phantom_weights))
-    clear_cache()
-    yield
-    clear_cache()
 
 
 CASES = {
@@ -46,7 +37,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_blobs_are_found_where_they_are(case, phantom_home, tmp_path):
+def test_blobs_are_found_where_they_are(case, weights_home, tmp_path):
     spacing, shape, axcodes, permutation = CASES[case]
     affine = grid_affine(spacing, shape, axcodes, permutation)
     assert nib.aff2axcodes(affine) == tuple(axcodes)
@@ -67,7 +58,7 @@ def test_blobs_are_found_where_they_are(case, phantom_home, tmp_path):
         np.testing.assert_array_equal(np.asarray(written.dataobj), (labels == blob.label).astype(np.uint8))
 
 
-def test_nnunet_internal_resampling_path(phantom_home, tmp_path):
+def test_nnunet_internal_resampling_path(weights_home, tmp_path):
     """With --higher_order_resampling our resampling is skipped and nnU-Net resamples image and logits itself;
     the labels must still sit on the blobs."""
     spacing, shape, axcodes, permutation = CASES["LPS anisotropic odd"]

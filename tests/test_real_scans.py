@@ -6,7 +6,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from totalsegmentator.inference.cache import clear_cache
 from totalsegmentator.io.label_header import load_multilabel_nifti
 from totalsegmentator.python_api import totalsegmentator
 from totalsegmentator.registry import get_task
@@ -17,20 +16,12 @@ FAST_FIXTURE = {"features": (2, 4), "patch_size": (64, 64, 64)}
 
 
 @pytest.fixture(scope="module")
-def fixture_weights(tmp_path_factory):
+def weights_dir(tmp_path_factory):
+    """Fixture weights of total and total_mr (read by conftest's ``weights_home``)."""
     weights = tmp_path_factory.mktemp("weights")
     for task in ("total", "total_mr"):
         install_task_weights(task, weights, modes=("default", "fast", "fastest"), **FAST_FIXTURE)
     return weights
-
-
-@pytest.fixture
-def home(fixture_weights, tmp_path, monkeypatch):
-    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path / "home"))
-    monkeypatch.setenv("TOTALSEG_WEIGHTS_PATH", str(fixture_weights))
-    clear_cache()
-    yield
-    clear_cache()
 
 
 RUNS = [
@@ -46,7 +37,7 @@ RUNS = [
 
 
 @pytest.mark.parametrize("scan,task,mode", RUNS)
-def test_real_scan(scan, task, mode, shared_data, home, tmp_path):
+def test_real_scan(scan, task, mode, shared_data, weights_home, tmp_path):
     source = nib.load(shared_data / scan)
     out = tmp_path / "seg.nii.gz"
     seg = totalsegmentator(shared_data / scan, out, ml=True, task=task, fast=mode == "fast",

@@ -241,16 +241,28 @@ def api_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
-def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def answer_listing(args: argparse.Namespace) -> bool:
+    """Print the task list (``-lt``) or a task's classes (``-lc``) when asked; True when something was listed."""
     if args.list_tasks:
         print(format_tasks_table())
-        return EXIT_OK
+        return True
     if args.list_classes is not None:
         print(format_classes_table(args.list_classes))
-        return EXIT_OK
+        return True
+    return False
+
+
+def require_input_output(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The usage error argparse gives for required flags, when ``-i`` or ``-o`` is missing."""
     missing = [flag for flag, value in (("-i", args.input), ("-o", args.output)) if value is None]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if answer_listing(args):
+        return EXIT_OK
+    require_input_output(parser, args)
 
     new_task = switch_task_for_modality(args.task, args.input, args.series_uid)
     if new_task is not None:

@@ -10,9 +10,9 @@ import sys
 from collections.abc import Sequence
 from functools import partial
 
-from ..registry import format_classes_table, format_tasks_table
 from ._common import EXIT_INTERRUPTED, EXIT_OK, OneLineParser, absolute_path, print_error, run_command
-from .TotalSegmentator import api_kwargs_from_args, build_parser as build_single_parser
+from .TotalSegmentator import (answer_listing, api_kwargs_from_args, build_parser as build_single_parser,
+                               require_input_output)
 
 PROG = "totalseg_batch"
 MAX_FAILED_LINES = 20
@@ -108,15 +108,9 @@ def _report(summary, quiet: bool) -> None:
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    if args.list_tasks:
-        print(format_tasks_table())
+    if answer_listing(args):
         return EXIT_OK
-    if args.list_classes is not None:
-        print(format_classes_table(args.list_classes))
-        return EXIT_OK
-    missing = [flag for flag, value in (("-i", args.input), ("-o", args.output)) if value is None]
-    if missing:
-        parser.error(f"the following arguments are required: {', '.join(missing)}")
+    require_input_output(parser, args)
     options = _options(args)
     if args.list_cases:
         return _list_cases(args, options)

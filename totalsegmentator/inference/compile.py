@@ -39,14 +39,9 @@ def wants_compile(setting: str, model: LoadedModel, n_forwards: int) -> bool:
             and math.prod(model.patch_size) >= AUTO_MIN_PATCH_VOXELS)
 
 
-def network_runner(model: LoadedModel, compiled: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The network of a single-fold ``model`` as a callable, compiled (once per model) when asked."""
-    network = model.network
-    if not compiled:
-        return network
-    state = model.compiled
-    if state.get("failed"):
-        return network
+def network_runner(model: LoadedModel) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The network of a single-fold ``model`` compiled (once per model), falling back to eager on failure."""
+    network, state = model.network, model.compiled
     if "module" not in state:
         state["module"] = torch.compile(network, dynamic=False, options={"freezing": True})
 

@@ -145,7 +145,8 @@ def _sliding_window(model: LoadedModel, data: torch.Tensor, step_size: float, re
               leave=False) as bar:
         compiled = wants_compile(compile_mode, model, len(slicers))
         for network in model.fold_networks():
-            network = network_runner(model, compiled) if compiled else network
+            if compiled:
+                network = network_runner(model)
             if logits is None or per_fold:
                 # one tile covering the (padded) image: zeros + tile is the tile itself, rounded once, so the
                 # accumulator is made from it instead of being filled with zeros first
@@ -176,8 +177,6 @@ def _sliding_window(model: LoadedModel, data: torch.Tensor, step_size: float, re
     if accumulate_dtype == torch.float16 and not _all_finite(total):
         raise RuntimeError("the float16 logit accumulator overflowed; predict with accumulate_dtype=torch.float32")
     return total[(slice(None), *revert_padding[1:])]
-
-
 
 
 def autocast_dtype_for(device: torch.device, mixed_precision: bool | str | None) -> torch.dtype | None:
