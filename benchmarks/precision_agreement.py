@@ -1,6 +1,9 @@
-"""How often half-precision networks change the labels: argmax agreement with float32, and forward time.
+"""How often our precisions change the labels: argmax agreement with nnU-Net's own float32, and time.
 
-    python benchmarks/precision_agreement.py [--precisions bf16,fp16] [--realistic] [--out agreement.json]
+    python benchmarks/precision_agreement.py [--precisions fp32,bf16,fp16] [--realistic] [--out agreement.json]
+
+The reference is ``exact`` (nnU-Net's modules in float32); ``fp32`` is our fused float32 forward (the CPU
+default), ``bf16`` / ``fp16`` are autocast.
 
 Models and images:
 
@@ -10,8 +13,8 @@ Models and images:
 * ``realistic`` (``--realistic``, slow: one 128^3 tile per image and precision): the random full-size
   architecture of dataset 297 on the same real scan.
 
-Agreement is the fraction of voxels whose label equals the float32 label; "decided" restricts it to voxels whose
-two best float32 logits differ by more than 0.1 (random networks have many near-ties that no precision can
+Agreement is the fraction of voxels whose label equals the reference label; "decided" restricts it to voxels whose
+two best reference logits differ by more than 0.1 (random networks have many near-ties that no precision can
 decide the same way).
 """
 from __future__ import annotations
@@ -43,11 +46,12 @@ def _preprocessed(model, image_xyz: np.ndarray, spacing_xyz) -> torch.Tensor:
 
 
 def compare(model, data: torch.Tensor, precisions: list[str], step_size: float = 0.5) -> dict:
-    """Agreement of each precision's argmax with float32 (float32 accumulation, so only the network differs)."""
+    """Agreement of each precision's argmax with nnU-Net's float32 (float32 accumulation, so only the network
+    differs)."""
     out = {}
     start = time.perf_counter()
-    reference = predict_logits(model, data, step_size, accumulate_dtype=torch.float32, mixed_precision="fp32")
-    out["fp32_s"] = round(time.perf_counter() - start, 3)
+    reference = predict_logits(model, data, step_size, accumulate_dtype=torch.float32, mixed_precision="exact")
+    out["exact_s"] = round(time.perf_counter() - start, 3)
     labels = reference.argmax(0)
     top2 = reference.topk(2, dim=0).values if reference.shape[0] > 1 else None
     decided = (top2[0] - top2[1] > 0.1) if top2 is not None else torch.ones_like(labels, dtype=torch.bool)
@@ -123,7 +127,7 @@ def fixture_cases(work: Path, precisions: list[str], realistic: bool) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--precisions", default="bf16", help="comma-separated: bf16, fp16")
+    p.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16")
     p.add_argument("--realistic", action="store_true", help="also the full-size random architecture (slow)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
@@ -137,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             if "voxels" not in r:
                 print(f"{case}: {r}")
                 continue
-            parts = [f"{case}: {r['voxels']} voxels ({100 * r['decided_fraction']:.1f}% decided), fp32 {r['fp32_s']} s"]
+            parts = [f"{case}: {r['voxels']} voxels ({100 * r['decided_fraction']:.1f}% decided), exact {r['exact_s']} s"]
             for precision in precisions:
                 q = r[precision]
                 parts.append(f"{precision}: " + (q["error"] if "error" in q else

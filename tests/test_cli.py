@@ -122,6 +122,7 @@ def test_paths_are_made_absolute(nifti, tmp_path, api_calls, capsys, monkeypatch
       "debug": True, "test": 1}),
     (["--series_uid", "1.2.3"], {"series_uid": "1.2.3"}),
     (["--precision", "bf16"], {"precision": "bf16"}),
+    (["--precision", "exact"], {"precision": "exact"}),
     (["--compile", "off"], {"compile": "off"}),
 ])
 def test_flags_reach_the_api(tmp_path, api_calls, capsys, argv, expected):

@@ -98,7 +98,7 @@ def reference_logits_float64(model, data, step_size):
 def test_logits_match_nnunet_exactly_in_half_precision(weights, single, on_device):
     data, _ = preprocess(single, ct_like(), (1.5, 1.5, 1.5))
     reference = nnunet_predictor(weights["single"], (0,), 0.5, on_device).predict_logits_from_preprocessed_data(data)
-    ours = predict_logits(single, data, 0.5, accumulate_dtype=torch.float16)
+    ours = predict_logits(single, data, 0.5, accumulate_dtype=torch.float16, mixed_precision="exact")
     assert ours.shape == reference.shape == (single.num_classes, *data.shape[1:])
     assert torch.allclose(ours.float(), reference.float(), atol=1e-4, rtol=0)
     assert torch.equal(ours.argmax(0), reference.argmax(0))
@@ -133,7 +133,7 @@ def test_labels_and_probabilities_match_nnunet_end_to_end(weights, single, spaci
     ref_seg, ref_prob = nnunet_predictor(weights["single"], (0,)).predict_single_npy_array(
         image.transpose(2, 1, 0)[None], {"spacing": list(reversed(spacing_xyz))}, None, None, True)
     labels, prob = predict_labels(single, image, spacing_xyz, 0.5, CPU, return_probabilities=True,
-                                  accumulate_dtype=torch.float16)
+                                  accumulate_dtype=torch.float16, mixed_precision="exact")
     assert labels.shape == SHAPE_XYZ and labels.dtype == np.uint8
     assert np.array_equal(labels, ref_seg.transpose(2, 1, 0))
     assert prob.dtype == np.float32 and prob.shape == (single.num_classes, *SHAPE_XYZ[::-1])
@@ -150,7 +150,7 @@ def test_multi_fold_ensemble_matches_nnunet(weights):
     assert model.folds == (0, 1, 2)
     data, _ = preprocess(model, ct_like((36, 34, 34), seed=4), (0.9, 0.8, 1.1))
     reference = nnunet_predictor(weights["folds"], None).predict_logits_from_preprocessed_data(data)
-    ours = predict_logits(model, data, 0.5, accumulate_dtype=torch.float16)
+    ours = predict_logits(model, data, 0.5, accumulate_dtype=torch.float16, mixed_precision="exact")
     assert torch.allclose(ours.float(), reference.float(), atol=1e-4, rtol=0)
     assert torch.equal(ours.argmax(0), reference.argmax(0))
     ensemble = predict_logits(model, data, 0.5, accumulate_dtype=torch.float32)
@@ -176,9 +176,9 @@ def test_single_tile_logits_match_nnunet_exactly(weights, single):
         data, _ = preprocess(model, ct_like(shape, seed=15), (1.5, 1.5, 1.5))
         assert all(n <= p for n, p in zip(data.shape[1:], model.patch_size))  # one tile
         reference = nnunet_predictor(weights[name], model.folds).predict_logits_from_preprocessed_data(data)
-        assert torch.equal(predict_logits(model, data, 0.5), reference)
+        assert torch.equal(predict_logits(model, data, 0.5, mixed_precision="exact"), reference)
         # float32: one accumulator for all folds; with one tile the weighted mean is the mean network output
-        exact = predict_logits(model, data, 0.5, accumulate_dtype=torch.float32)
+        exact = predict_logits(model, data, 0.5, accumulate_dtype=torch.float32, mixed_precision="exact")
         from acvl_utils.cropping_and_padding.padding import pad_nd_image
 
         padded, revert = pad_nd_image(data, model.patch_size, "constant", {"value": 0}, True, None)

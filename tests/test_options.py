@@ -57,10 +57,11 @@ def test_precision_option_and_environment(nifti, monkeypatch):
     monkeypatch.setenv("TOTALSEG_PRECISION", "BF16")
     assert Options(input=nifti).validated().precision_effective() == "bf16"
     assert Options(input=nifti, precision="fp32").validated().precision_effective() == "fp32"
+    assert Options(input=nifti, precision="exact").validated().precision_effective() == "exact"
     monkeypatch.setenv("TOTALSEG_PRECISION", "fp8")
-    with pytest.raises(OptionError, match="TOTALSEG_PRECISION must be one of auto, fp32, fp16, bf16"):
+    with pytest.raises(OptionError, match="TOTALSEG_PRECISION must be one of auto, fp32, exact, fp16, bf16"):
         Options(input=nifti).validated().precision_effective()
-    with pytest.raises(OptionError, match="precision must be one of auto, fp32, fp16, bf16, not 'half'"):
+    with pytest.raises(OptionError, match="precision must be one of auto, fp32, exact, fp16, bf16, not 'half'"):
         Options(input=nifti, precision="half").validated()
 
 

@@ -147,8 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--series_uid", type=str, default=None,
                    help="DICOM folder with several series: the SeriesInstanceUID to segment (extension)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="network precision (extension): auto (default; nnU-Net's float32 on the CPU, float16 "
-                        "autocast on CUDA), fp32, fp16 or bf16; default from $TOTALSEG_PRECISION")
+                   help="network precision (extension): auto (default; float32 on the CPU, float16 autocast on "
+                        "CUDA), fp32, exact (nnU-Net's own arithmetic, bit for bit), fp16 or bf16; default from "
+                        "$TOTALSEG_PRECISION")
     p.add_argument("--compile", choices=COMPILE_MODES, default=None,
                    help="torch.compile the networks (extension): auto (default; on the CPU when a model runs on "
                         "many tiles), on or off; default from $TOTALSEG_COMPILE")

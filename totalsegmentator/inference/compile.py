@@ -6,7 +6,8 @@ in oneDNN's own layout; the float32 arithmetic stays float32 (labels agree with 
 3d_fullres network (128^3 tiles): 5.8 s instead of 6.3 s per tile (8 % less), for a compile of ~25 s the
 first time and ~5 s once inductor's cache (in its cache directory) holds the graph. So ``auto`` compiles only
 on the CPU, only real-size networks, and only when a model runs on so many tiles that even a first compile pays
-(large scans at 1.5 mm); ``on`` compiles whenever possible. Anything that goes wrong while compiling (no C++
+(large scans at 1.5 mm) and when our fused float32 forward (``fused_unet.py``, faster still and without a
+compile) does not apply; ``on`` compiles whenever possible. Anything that goes wrong while compiling (no C++
 compiler, an unsupported operation) leaves the model eager.
 """
 from __future__ import annotations

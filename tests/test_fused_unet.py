@@ -1,0 +1,197 @@
+"""Our fused float32 forward of nnU-Net's PlainConvUNet against the module's own forward, and where it is used."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+from torch import nn
+
+from totalsegmentator.inference import fused_unet, predictor
+from totalsegmentator.inference.fused_unet import fused_forward
+from totalsegmentator.inference.model import load_model
+from totalsegmentator.inference.predictor import predict_labels, predict_logits
+from totalsegmentator.testing.tiny_weights import write_tiny_dataset
+
+CPU = torch.device("cpu")
+
+
+def plain_unet(dims: int = 3, features=(4, 8, 16), strides=None, kernel=3, num_classes: int = 5,
+               conv_bias: bool = False, affine: bool = True, nonlin=nn.LeakyReLU, nonlin_kwargs=None,
+               deep_supervision: bool = False, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    conv = {2: nn.Conv2d, 3: nn.Conv3d}[dims]
+    norm = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}[dims]
+    n = len(features)
+    strides = strides or [1] + [2] * (n - 1)
+    net = PlainConvUNet(1, n, features, conv, kernel, strides, [2] * n, num_classes, [2] * (n - 1), conv_bias,
+                        norm, {"eps": 1e-5, "affine": affine}, None, None, nonlin,
+                        {"inplace": True} if nonlin_kwargs is None else nonlin_kwargs,
+                        deep_supervision=deep_supervision).eval()
+    with torch.no_grad():  # trained-looking norms and biases (fresh ones are 1 and 0)
+        for m in net.modules():
+            if isinstance(m, norm) and affine:
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+            if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)) and m.bias is not None:
+                m.bias.uniform_(-0.2, 0.2)
+    return net
+
+
+def compare(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    forward = fused_forward(net)
+    assert forward is not None
+    with torch.inference_mode():
+        reference = net(x.clone())
+        ours = forward(x.clone())
+    return reference, ours
+
+
+@pytest.mark.parametrize("kwargs, shape", [
+    ({}, (1, 1, 24, 20, 16)),
+    ({}, (2, 1, 16, 16, 16)),  # tile batches
+    ({"strides": [1, (1, 2, 2), 2], "kernel": [[1, 3, 3], [3, 3, 3], [3, 3, 3]]}, (1, 1, 8, 24, 20)),  # anisotropic
+    ({"conv_bias": True, "nonlin": nn.ReLU}, (1, 1, 16, 16, 16)),
+    ({"affine": False, "nonlin_kwargs": {"negative_slope": 0.2, "inplace": False}}, (1, 1, 16, 16, 16)),
+    ({"dims": 2, "features": (4, 8, 16, 32)}, (3, 1, 48, 40)),
+])
+def test_fused_forward_equals_the_module_forward_up_to_rounding(kwargs, shape):
+    net = plain_unet(**kwargs)
+    x = torch.randn(shape) * 2 + 0.5
+    reference, ours = compare(net, x)
+    assert ours.shape == reference.shape == (shape[0], 5, *shape[2:])
+    assert ours.dtype == torch.float32
+    scale = float(reference.abs().max())
+    assert float((ours - reference).abs().max()) <= 1e-5 * scale
+    assert not torch.equal(ours, reference)  # really another computation
+
+
+def test_fused_forward_labels_agree_on_a_realistic_tile():
+    net = plain_unet(features=(8, 16, 32, 64), num_classes=12, seed=3)
+    x = torch.randn(1, 1, 48, 48, 48)
+    reference, ours = compare(net, x)
+    agree = (ours.argmax(1) == reference.argmax(1)).float().mean()
+    assert agree >= 0.9999
+
+
+def test_fused_forward_sees_new_fold_weights():
+    net = plain_unet()
+    other = plain_unet(seed=7).state_dict()
+    forward = fused_forward(net)
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.inference_mode():
+        before = forward(x)
+        net.load_state_dict(other)
+        after, reference = forward(x), net(x)
+    assert float((after - before).abs().max()) > 0.1
+    assert torch.allclose(after, reference, atol=1e-5 * float(reference.abs().max()))
+
+
+def test_fused_forward_leaves_the_input_alone():
+    net = plain_unet()
+    x = torch.randn(1, 1, 16, 16, 16)
+    copy = x.clone()
+    with torch.inference_mode():
+        fused_forward(net)(x)
+    assert torch.equal(x, copy)
+
+
+def test_unsupported_layouts_fall_back():
+    assert fused_forward(plain_unet(deep_supervision=True)) is None
+    assert fused_forward(plain_unet().train()) is None
+    residual = ResidualEncoderUNet(1, 3, (4, 8, 16), nn.Conv3d, 3, (1, 2, 2), (1, 1, 1), 3, (1, 1), False,
+                                   nn.InstanceNorm3d, {"affine": True}, None, None, nn.LeakyReLU).eval()
+    assert fused_forward(residual) is None
+    batch_norm = plain_unet()
+    batch_norm.encoder.stages[0][0].convs[0].all_modules[1] = nn.BatchNorm3d(4).eval()
+    assert fused_forward(batch_norm) is None
+    overlapping = plain_unet()
+    overlapping.decoder.transpconvs[0] = nn.ConvTranspose3d(16, 8, 3, 2, padding=1, output_padding=1)
+    assert fused_forward(overlapping) is None
+    assert fused_forward(nn.Conv3d(1, 2, 3)) is None
+
+
+def test_instance_norm_in_place_matches_float64():
+    x = torch.randn(2, 3, 20, 18, 16) * torch.tensor([1.0, 5.0, 0.1]).view(1, 3, 1, 1, 1) + 40.0
+    norm = nn.InstanceNorm3d(3, eps=1e-5, affine=True)
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([0.7, 1.3, -0.5]))
+        norm.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    xd = x.double()
+    mean = xd.mean(dim=(2, 3, 4), keepdim=True)
+    var = xd.var(dim=(2, 3, 4), correction=0, keepdim=True)
+    expected = (xd - mean) / torch.sqrt(var + 1e-5) * norm.weight.double().view(1, 3, 1, 1, 1) \
+        + norm.bias.double().view(1, 3, 1, 1, 1)
+    expected = torch.nn.functional.leaky_relu(expected, 0.01)
+    with torch.inference_mode():
+        y = x.clone()
+        out = fused_unet._instance_norm_(y, norm, 0.01)
+    assert out.data_ptr() == y.data_ptr()  # in place
+    assert float((out.double() - expected).abs().max()) < 2e-5
+
+
+# ------------------------------------------------------------------------------------------- in the predictor
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder = write_tiny_dataset(tmp_path_factory.mktemp("weights"), 299)
+    return load_model(folder, (0,), CPU)
+
+
+def ct_like(shape=(40, 37, 33), seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    image = rng.normal(40, 60, shape)
+    image[rng.random(shape) < 0.1] = 800
+    image[:, :, :2] = -1000
+    return image.astype(np.float32)
+
+
+def test_predictor_uses_the_fused_forward_unless_exact(model, monkeypatch):
+    calls = []
+    real = fused_unet.fused_forward
+
+    def counting(network):
+        calls.append(network)
+        return real(network)
+
+    monkeypatch.setattr(predictor, "fused_forward", counting)
+    data = torch.from_numpy(ct_like()[None].transpose(0, 3, 2, 1).copy())
+    default = predict_logits(model, data, 0.5, accumulate_dtype=torch.float32)
+    assert calls
+    calls.clear()
+    exact = predict_logits(model, data, 0.5, accumulate_dtype=torch.float32, mixed_precision="exact")
+    assert not calls
+    assert not torch.equal(default, exact)
+    assert torch.allclose(default, exact, atol=1e-5 * float(exact.abs().max()))
+    calls.clear()
+    monkeypatch.setenv(predictor.PRECISION_ENV, "exact")
+    assert torch.equal(predict_logits(model, data, 0.5, accumulate_dtype=torch.float32), exact)
+    assert not calls
+
+
+def test_default_labels_agree_with_nnunet(model):
+    """The default (fused float32 network, float16 accumulator as nnU-Net) against nnU-Net's own predictor."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    image = ct_like(seed=4)
+    reference = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                perform_everything_on_device=False, device=CPU, verbose=False, allow_tqdm=False)
+    reference.initialize_from_trained_model_folder(str(model.result_folder), (0,), "checkpoint_final.pth")
+    ref = reference.predict_single_npy_array(image.transpose(2, 1, 0)[None], {"spacing": [1.5, 1.5, 1.5]})
+    labels = predict_labels(model, image, (1.5, 1.5, 1.5), 0.5)
+    assert labels.shape == image.shape
+    assert np.mean(labels == ref.transpose(2, 1, 0)) >= 0.999
+
+
+def test_auto_compile_gives_way_to_the_fused_forward(model, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(predictor, "wants_compile", lambda setting, m, n: True)
+    monkeypatch.setattr(predictor, "network_runner", lambda m: compiled.append(m) or m.network)
+    data = torch.from_numpy(ct_like()[None].transpose(0, 3, 2, 1).copy())
+    predict_logits(model, data, 0.5, compile_mode="auto")
+    assert not compiled
+    predict_logits(model, data, 0.5, compile_mode="on")
+    assert compiled
+    compiled.clear()
+    predict_logits(model, data, 0.5, compile_mode="auto", mixed_precision="exact")
+    assert compiled
