@@ -563,3 +563,23 @@ def test_compile_failure_falls_back_to_eager(weights, monkeypatch, caplog):
     assert model.compiled["failed"]
     assert "torch.compile failed" in caplog.text and "no C++ compiler found" in caplog.text
     np.testing.assert_array_equal(labels, predict_labels(model, image, (1.5, 1.5, 1.5), compile_mode="off"))
+
+
+def test_shared_preprocessing_ignores_the_late_death_of_an_older_image():
+    """The weak-reference callback of an image that died may run late, in any thread: it must not drop the
+    entries of the image that replaced it."""
+    import gc
+
+    shared = predictor._SharedPreprocessing()
+    first = np.zeros((4, 5, 6), np.float32)
+    shared.get(first, [1.0, 1.0, 1.0], "f")
+    first_ref = shared._ref
+    second = np.ones((4, 5, 6), np.float32)
+    signature, cached = shared.get(second, [1.0, 1.0, 1.0], "f")
+    assert cached is None
+    shared.put(signature, "f", ("data", {}))
+    shared._forget(first_ref)  # the first image's callback, arriving after the second image took over
+    assert shared.get(second, [1.0, 1.0, 1.0], "f")[1] == ("data", {})
+    del second
+    gc.collect()
+    assert shared._results == {} and shared._ref is None

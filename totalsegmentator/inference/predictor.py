@@ -299,7 +299,7 @@ class _SharedPreprocessing:
     while the array still has the same voxels (CRC-32 of its bytes, ~10 ms per 40 MB)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: the weak-reference callback may run inside a locked section
         self._ref: weakref.ref | None = None
         self._signature: tuple | None = None
         self._results: dict[str, tuple[np.ndarray, dict]] = {}
@@ -316,10 +316,10 @@ class _SharedPreprocessing:
     def get(self, image: np.ndarray, spacing_zyx: list[float], fingerprint: str):
         signature = self._signature_of(image, spacing_zyx)
         with self._lock:
-            same = (signature is not None and self._ref is not None and self._ref() is image
-                    and self._signature == signature)
+            ref = self._ref  # read once: the weak reference's callback may clear it from another thread
+            same = (signature is not None and ref is not None and ref() is image and self._signature == signature)
             if not same:
-                self._ref, self._signature, self._results = None, None, {}
+                self._clear()
                 if signature is not None:
                     try:
                         self._ref = weakref.ref(image, self._forget)
@@ -333,12 +333,18 @@ class _SharedPreprocessing:
             if signature is not None and signature == self._signature:
                 self._results[fingerprint] = result
 
-    def _forget(self, _ref) -> None:
+    def _forget(self, dead_ref) -> None:
+        """Weak-reference callback (any thread): drop the entries, unless they already belong to a newer image."""
+        with self._lock:
+            if dead_ref is self._ref:
+                self._clear()
+
+    def _clear(self) -> None:
         self._ref, self._signature, self._results = None, None, {}
 
     def clear(self) -> None:
         with self._lock:
-            self._forget(None)
+            self._clear()
 
 
 _shared_preprocessing = _SharedPreprocessing()
