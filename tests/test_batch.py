@@ -69,6 +69,17 @@ def load_counter(monkeypatch) -> list:
     cache.clear_cache()
 
 
+def failure_report(out: Path, summary) -> str:
+    """Every case's status and error, with the recorded stage and traceback of each failed case (for asserts)."""
+    lines = [f"{r.case_id}: {r.status} {r.error or ''}" for r in summary.results]
+    for r in summary.results:
+        record = BatchState(out).failure_path(r.case_id)
+        if r.status == "failed" and record.exists():
+            data = json.loads(record.read_text())
+            lines.append(f"--- {r.case_id} failed in stage {data.get('stage')}:\n{data.get('traceback')}")
+    return "\n".join(lines)
+
+
 def read_summary(out: Path) -> tuple[dict, list[dict]]:
     data = json.loads((out / "batch_summary.json").read_text())
     with open(out / "batch_summary.csv", newline="") as fh:
@@ -266,7 +277,8 @@ def test_csv_list_dicom_cases_and_per_case_files(weights, tmp_path):
 
     assert summary.exit_code == 1
     assert {r.case_id: r.status for r in summary.results} == {
-        "subj-A": "done", "subj-B": "done", "subj-C": "done", "subj-D": "failed", "subj-E": "done"}
+        "subj-A": "done", "subj-B": "done", "subj-C": "done", "subj-D": "failed", "subj-E": "done"}, \
+        failure_report(out, summary)
     assert "missing.nii.gz' does not exist" in summary.results[3].error
     for case_id in ("subj-A", "subj-B", "subj-C"):
         img, label_map = load_multilabel_nifti(out / f"{case_id}.nii.gz")
@@ -285,6 +297,64 @@ def test_csv_list_dicom_cases_and_per_case_files(weights, tmp_path):
     marker = json.loads((out / STATE_DIR / "done" / "subj-E.json").read_text())
     assert marker["task"] == "total_mr"
     assert load_multilabel_nifti(out / "subj-E.nii.gz")[1] == get_task("total_mr").class_map
+
+
+_FIRST_IMPORTS_PROBE = """
+import sys, threading
+from pathlib import Path
+
+sys.path.insert(0, sys.argv[1])  # the tests folder: _dicom_helpers
+import nibabel as nib
+from _dicom_helpers import write_series
+
+from totalsegmentator.batch import totalsegmentator_batch
+from totalsegmentator.testing.phantoms import Phantom, grid_affine
+from totalsegmentator.testing.tiny_weights import install_task_weights
+
+root = Path(sys.argv[2])
+install_task_weights("total", modes=("fast",))
+shape = (24, 24, 16)
+nib.save(Phantom().nifti(shape, grid_affine((3.0, 3.0, 3.0), shape), seed=1), str(root / "a.nii.gz"))
+write_series(root / "dcm", rows=20, cols=24, n_slices=10, pixel_spacing=(3.0, 3.0), slice_spacing=3.0)
+(root / "cases.csv").write_text("path\\na.nii.gz\\ndcm\\nmissing.nii.gz\\n")
+
+
+class FirstImports:  # sees every import of a module not imported before, in the thread importing it
+    found = []
+
+    def find_spec(self, name, path=None, target=None):
+        self.found.append((threading.current_thread().name, name))
+        return None
+
+
+sys.meta_path.insert(0, FirstImports())
+summary = totalsegmentator_batch(root / "cases.csv", root / "out", ml=True, statistics=str(root / "stats"),
+                                 fast=True, device="cpu", quiet=True)
+print({r.case_id: r.status for r in summary.results})
+print(sorted({f"{thread}:{name}" for thread, name in FirstImports.found if thread.startswith("totalseg-batch")}))
+print("distributed" in sys.modules)
+"""
+
+
+def test_reader_and_writer_threads_import_nothing(tmp_path):
+    """A fresh process: the batch's reader and writer threads never import a module for the first time.
+
+    First imports of overlapping packages in several threads at once can fail in CPython (``_DeadlockError``, a
+    partially initialised module: gh-83065), which would fail one case at random (the first DICOM case used to
+    import dicom2nifti in the reader thread while the first case was predicted); a local batch does not import
+    dask's ``distributed`` at all."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TOTALSEG_HOME_DIR": str(tmp_path / "home")}
+    env.pop("TOTALSEG_WEIGHTS_PATH", None)
+    proc = subprocess.run([sys.executable, "-c", _FIRST_IMPORTS_PROBE, str(Path(__file__).parent), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    statuses_line, imports_line, distributed_line = proc.stdout.strip().splitlines()[-3:]
+    assert statuses_line == "{'a': 'done', 'dcm': 'done', 'missing': 'failed'}"
+    assert imports_line == "[]", f"first imported by a batch thread (add them to import_step_modules): {imports_line}"
+    assert distributed_line == "False"
 
 
 def test_dicom_output_per_case(weights, tmp_path):

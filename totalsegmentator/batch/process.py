@@ -25,6 +25,7 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,12 +111,44 @@ class Predicted:
 
 
 def worker_name() -> str:
-    try:
-        from distributed import get_worker
+    """The Dask worker's address inside a Dask worker, else ``host:pid``.
 
-        return get_worker().address
-    except Exception:  # noqa: BLE001 - not inside a Dask worker
-        return f"{socket.gethostname()}:{os.getpid()}"
+    ``distributed`` is only asked when it is already imported (it always is in a Dask worker): a local batch must
+    not import that big package from its reader or writer thread while the other threads run (see
+    ``import_step_modules``)."""
+    if "distributed" in sys.modules:
+        try:
+            from distributed import get_worker
+
+            return get_worker().address
+        except Exception:  # noqa: BLE001 - not inside a Dask worker
+            pass
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def import_step_modules(cases: Sequence[Case]) -> None:
+    """Import now, in the calling thread, what ``read_case`` and ``finish_case`` import on first use.
+
+    The local runner calls this before it starts its reader and writer threads, so those threads never import a
+    module for the first time while the predicting thread (and its model-prefetch thread) import or run: first
+    imports of overlapping packages in several threads at once are not reliably safe in CPython (a
+    ``_DeadlockError`` or a partially initialised module, CPython gh-83065), and an error there would fail one
+    case at random. DICOM support is imported only when a case is DICOM; a missing optional package is left to
+    fail the cases that need it, with their own error.
+    """
+    import importlib
+
+    from .. import jsonfile, outputs, registry, timing  # noqa: F401
+    from ..errors import InputImageError  # noqa: F401
+    from ..io import label_header, nifti  # noqa: F401
+
+    nifti.fast_gzip()  # imports isal (when installed), which the NIfTI reader and writer use
+    if any(case.is_dicom for case in cases):
+        for name in ("dicom2nifti", "dicom2nifti.exceptions", "..io.dicom_input", "..bin.TotalSegmentator"):
+            try:
+                importlib.import_module(name, __package__)
+            except ImportError:
+                pass
 
 
 def error_text(exc: BaseException) -> str:

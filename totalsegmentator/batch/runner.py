@@ -14,7 +14,8 @@ import threading
 from collections.abc import Callable, Sequence
 
 from .cases import Case
-from .process import BatchSpec, CaseResult, Loaded, Predicted, finish_case, predict_case, read_case
+from .process import (BatchSpec, CaseResult, Loaded, Predicted, finish_case, import_step_modules, predict_case,
+                      read_case)
 from .state import BatchState
 
 _END = object()
@@ -68,6 +69,7 @@ def run_local(cases: Sequence[Case], spec: BatchSpec, state: BatchState, prefetc
                 return
             record(item if isinstance(item, CaseResult) else finish_case(item, spec, state))
 
+    import_step_modules(cases)  # the threads below must not import anything for the first time
     threads = [threading.Thread(target=reader, name="totalseg-batch-reader", daemon=True),
                threading.Thread(target=writer, name="totalseg-batch-writer", daemon=True)]
     for thread in threads:
