@@ -1,5 +1,4 @@
-"""Our fused float32 forward of nnU-Net's PlainConvUNet against the module's own forward, where it is used, and the
-huge pages the package asks PyTorch for."""
+"""Our fused float32 forward of nnU-Net's PlainConvUNet against the module's own forward, and where it is used."""
 from __future__ import annotations
 
 import numpy as np
@@ -196,27 +195,3 @@ def test_auto_compile_gives_way_to_the_fused_forward(model, monkeypatch):
     compiled.clear()
     predict_logits(model, data, 0.5, compile_mode="auto", mixed_precision="exact")
     assert compiled
-
-
-def _huge_pages_of_a_big_tensor(env: dict) -> int:
-    import os
-    import subprocess
-    import sys
-
-    code = ("import totalsegmentator, torch\n"
-            "x = torch.ones(48 * 1024 * 1024)\n"
-            "line = [l for l in open('/proc/self/smaps_rollup') if l.startswith('AnonHugePages')][0]\n"
-            "print(int(line.split()[1]))\n")
-    full_env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"} | env
-    done = subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, check=True)
-    return int(done.stdout.strip())
-
-
-def test_large_tensors_get_transparent_huge_pages_unless_opted_out():
-    from pathlib import Path
-
-    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    if not mode.exists() or "[never]" in mode.read_text() or not Path("/proc/self/smaps_rollup").exists():
-        pytest.skip("no transparent huge pages on this system")
-    assert _huge_pages_of_a_big_tensor({}) >= 100 * 1024  # kB: most of the 192 MB tensor
-    assert _huge_pages_of_a_big_tensor({"THP_MEM_ALLOC_ENABLE": "0"}) < 100 * 1024 or "[always]" in mode.read_text()
