@@ -51,13 +51,16 @@ class BatchWorkerPlugin(distributed.WorkerPlugin):
     name = PLUGIN_NAME
 
     def __init__(self, env: dict[str, str] | None = None, torch_threads: int | None = None,
-                 workers_per_host: dict[str, int] | None = None) -> None:
+                 workers_per_host: dict[str, int] | None = None, dicom: bool = False) -> None:
         self.env = forwarded_env() if env is None else dict(env)
         self.torch_threads = torch_threads
         self.workers_per_host = dict(workers_per_host or {})
+        self.dicom = dicom
 
     def setup(self, worker) -> None:
         os.environ.update(self.env)
+        # a worker with several threads starts several cases at once: no first-time imports in parallel
+        process.import_step_modules(self.dicom)
         threads = self.torch_threads
         if threads is None:
             peers = self.workers_per_host.get(get_address_host(worker.address), 1)
@@ -145,7 +148,8 @@ def _run_on(client, cases: Sequence[Case], spec: BatchSpec, torch_threads: int |
             on_ready: Callable[[], None] | None = None) -> list[CaseResult]:
     if not cases:
         return []
-    plugin = BatchWorkerPlugin(torch_threads=torch_threads, workers_per_host=_workers_per_host(client))
+    plugin = BatchWorkerPlugin(torch_threads=torch_threads, workers_per_host=_workers_per_host(client),
+                               dicom=any(c.is_dicom for c in cases))
     client.register_plugin(plugin, name=PLUGIN_NAME)
     futures = client.map(process_case, list(cases), spec=spec, pure=False,
                          key=[f"totalseg-batch-{c.case_id}-{os.urandom(4).hex()}" for c in cases])

@@ -25,7 +25,6 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,15 +125,15 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def import_step_modules(cases: Sequence[Case]) -> None:
+def import_step_modules(dicom: bool) -> None:
     """Import now, in the calling thread, what ``read_case`` and ``finish_case`` import on first use.
 
     The local runner calls this before it starts its reader and writer threads, so those threads never import a
     module for the first time while the predicting thread (and its model-prefetch thread) import or run: first
     imports of overlapping packages in several threads at once are not reliably safe in CPython (a
     ``_DeadlockError`` or a partially initialised module, CPython gh-83065), and an error there would fail one
-    case at random. DICOM support is imported only when a case is DICOM; a missing optional package is left to
-    fail the cases that need it, with their own error.
+    case at random. Dask workers call it in their setup for the same reason. DICOM support only with ``dicom``;
+    a missing optional package is left to fail the cases that need it, with their own error.
     """
     import importlib
 
@@ -143,7 +142,7 @@ def import_step_modules(cases: Sequence[Case]) -> None:
     from ..io import label_header, nifti  # noqa: F401
 
     nifti.fast_gzip()  # imports isal (when installed), which the NIfTI reader and writer use
-    if any(case.is_dicom for case in cases):
+    if dicom:
         for name in ("dicom2nifti", "dicom2nifti.exceptions", "..io.dicom_input", "..bin.TotalSegmentator"):
             try:
                 importlib.import_module(name, __package__)

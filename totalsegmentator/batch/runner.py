@@ -69,7 +69,8 @@ def run_local(cases: Sequence[Case], spec: BatchSpec, state: BatchState, prefetc
                 return
             record(item if isinstance(item, CaseResult) else finish_case(item, spec, state))
 
-    import_step_modules(cases)  # the threads below must not import anything for the first time
+    # the threads below must not import anything for the first time
+    import_step_modules(any(c.is_dicom for c in cases))
     threads = [threading.Thread(target=reader, name="totalseg-batch-reader", daemon=True),
                threading.Thread(target=writer, name="totalseg-batch-writer", daemon=True)]
     for thread in threads:

@@ -226,8 +226,8 @@ def predict_logits(model: LoadedModel, data_czyx: torch.Tensor | np.ndarray, ste
     which is nnU-Net's choice run through nnU-Net's own modules (logits identical bit for bit). True is autocast
     with the device's usual half type (CUDA float16, CPU bfloat16); "fp16" / "bf16" is autocast with that type.
     Half precision changes the argmax of near-ties (see the README, "Speed and memory"); logits are accumulated
-    as ``accumulate_dtype`` either way. ``compile_mode`` (auto/on/off) runs a single-fold network through ``torch.compile``
-    (see ``inference/compile.py``).
+    as ``accumulate_dtype`` either way. ``compile_mode`` (auto/on/off) runs a single-fold network through
+    ``torch.compile`` (see ``inference/compile.py``).
     """
     if not 0 < step_size <= 1:
         raise ValueError(f"step_size must be in (0, 1], got {step_size}")
