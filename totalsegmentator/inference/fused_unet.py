@@ -121,7 +121,7 @@ def _block_plan(block: nn.Module) -> list[Callable[[torch.Tensor], torch.Tensor]
             if slope is not None:
                 i += 1
             steps.append(_norm_step(module, slope))
-        elif isinstance(module, nn.modules.dropout._DropoutNd) or isinstance(module, nn.Identity):
+        elif isinstance(module, (nn.modules.dropout._DropoutNd, nn.Identity)):
             pass  # eval mode: identity
         elif _leaky_slope(module) is not None:
             steps.append(module)

@@ -146,15 +146,17 @@ def _sliding_window(model: LoadedModel, data: torch.Tensor, step_size: float, re
     total = logits = None
     with tqdm(total=len(slicers) * model.num_folds, disable=not progress, desc="Predicting", unit="tile",
               leave=False) as bar:
-        fused = (fused and autocast_dtype is None and compute_device.type == "cpu"
-                 and fused_forward(model.network) is not None)
+        # one fused forward serves every fold: it reads the weights the fold switch loads into the network
+        use_fused = fused and autocast_dtype is None and compute_device.type == "cpu"
+        fast = fused_forward(model.network) if use_fused else None
         # the fused forward is faster than a compile on the CPU: compile only when asked for explicitly
-        compiled = wants_compile(compile_mode, model, len(slicers)) and not (fused and compile_mode == "auto")
+        compiled = (wants_compile(compile_mode, model, len(slicers))
+                    and not (fast is not None and compile_mode == "auto"))
         for network in model.fold_networks():
             if compiled:
                 network = network_runner(model)
-            elif fused:
-                network = fused_forward(network) or network
+            elif fast is not None:
+                network = fast
             if logits is None or per_fold:
                 # one tile covering the (padded) image: zeros + tile is the tile itself, rounded once, so the
                 # accumulator is made from it instead of being filled with zeros first
@@ -187,12 +189,18 @@ def _sliding_window(model: LoadedModel, data: torch.Tensor, step_size: float, re
     return total[(slice(None), *revert_padding[1:])]
 
 
+def _precision_setting(mixed_precision: bool | str | None) -> bool | str:
+    """``mixed_precision``, or ``$TOTALSEG_PRECISION`` (auto when unset) for None."""
+    if mixed_precision is None:
+        return os.environ.get(PRECISION_ENV, "auto").strip().lower() or "auto"
+    return mixed_precision
+
+
 def autocast_dtype_for(device: torch.device, mixed_precision: bool | str | None) -> torch.dtype | None:
     """The autocast type of the network for a ``mixed_precision`` setting (None: no autocast, float32).
 
     ``None`` takes the setting from the environment variable ``TOTALSEG_PRECISION`` (auto when unset)."""
-    if mixed_precision is None:
-        mixed_precision = os.environ.get(PRECISION_ENV, "auto").strip().lower() or "auto"
+    mixed_precision = _precision_setting(mixed_precision)
     if mixed_precision in ("auto", "exact"):
         return torch.float16 if device.type == "cuda" else None
     if mixed_precision is False or mixed_precision == "fp32":
@@ -239,8 +247,7 @@ def predict_logits(model: LoadedModel, data_czyx: torch.Tensor | np.ndarray, ste
     if data.shape[0] != model.num_input_channels:
         raise ValueError(f"the model expects {model.num_input_channels} input channel(s), got {data.shape[0]}")
     results_device = results_device or model.device
-    if mixed_precision is None:
-        mixed_precision = os.environ.get(PRECISION_ENV, "auto").strip().lower() or "auto"
+    mixed_precision = _precision_setting(mixed_precision)
     autocast_dtype = autocast_dtype_for(model.device, mixed_precision)
     fused = mixed_precision != "exact"
 
