@@ -583,3 +583,26 @@ def test_shared_preprocessing_ignores_the_late_death_of_an_older_image():
     del second
     gc.collect()
     assert shared._results == {} and shared._ref is None
+
+
+def test_the_standard_preprocessor_is_taken_without_nnunets_search(weights, monkeypatch):
+    """DefaultPreprocessor is imported directly; any other name still goes through nnU-Net's lookup."""
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+    from nnunetv2.utilities.plans_handling import plans_handler
+
+    from totalsegmentator.inference import model as model_module
+
+    searched: list[str] = []
+
+    def search(folder, name, current_module):
+        searched.append(name)
+        return DefaultPreprocessor
+
+    monkeypatch.setattr(plans_handler, "recursive_find_python_class", search)
+    loaded = load_model(weights["single"], (0,), CPU)
+    assert type(loaded.preprocessor) is DefaultPreprocessor and searched == []
+
+    other = plans_handler.ConfigurationManager(
+        dict(loaded.configuration_manager.configuration, preprocessor_name="MyPreprocessor"))
+    assert type(model_module._preprocessor(other)) is DefaultPreprocessor
+    assert searched == ["MyPreprocessor"]

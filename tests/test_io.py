@@ -240,23 +240,29 @@ def test_load_in_memory_image_and_scaled_data(tmp_path):
     assert np.array_equal(same.get_fdata(), img.get_fdata())
 
 
-@pytest.fixture(params=["isal", "stdlib"])
+@pytest.fixture(params=["isal", "isal_stream", "stdlib"])
 def gzip_impl(request, monkeypatch):
-    """Run a test with ISA-L's gzip (when installed) and with the standard library's."""
+    """Run a test with ISA-L's gzip (when installed; decompressed in memory or streamed, as for big files) and
+    with the standard library's."""
     from totalsegmentator.io import nifti
 
-    if request.param == "isal":
+    if request.param.startswith("isal"):
         if nifti.fast_gzip() is None:
             pytest.skip("isal is not installed")
+        if request.param == "isal_stream":
+            monkeypatch.setattr(nifti, "IN_MEMORY_GZIP_BYTES", 0)
     else:
         monkeypatch.setattr(nifti, "fast_gzip", lambda: None)
     return request.param
 
 
+@pytest.mark.parametrize("in_memory", [True, False])
 @pytest.mark.parametrize("klass", [nib.Nifti1Image, nib.Nifti2Image])
-def test_gzip_implementations_read_and_write_the_same(tmp_path, klass, monkeypatch):
+def test_gzip_implementations_read_and_write_the_same(tmp_path, klass, in_memory, monkeypatch):
     from totalsegmentator.io import nifti
 
+    if not in_memory:
+        monkeypatch.setattr(nifti, "IN_MEMORY_GZIP_BYTES", 0)
     data = np.random.default_rng(3).integers(-1024, 3000, size=(30, 20, 10)).astype(np.int16)
     img = klass(data, AFFINE)
     img.header.set_slope_inter(0.5, -10)

@@ -359,6 +359,36 @@ def test_prefetch_loads_into_the_cache_and_ignores_missing_weights(total_fast_ho
         prefetch.prefetch_model(key, "tpu").device()
 
 
+def test_reading_and_resampling_do_not_wait_for_the_device(total_fast_home, monkeypatch):
+    """The device (torch's import) is resolved in the background; the run waits for it only at the model."""
+    import threading
+
+    from totalsegmentator.inference import device as device_module
+    from totalsegmentator.preprocessing import resampling
+
+    resampled = threading.Event()
+    events: list[str] = []
+    real_resolve, real_resample = device_module.resolve_device, resampling.resample_image
+
+    def slow_resolve(name, quiet=False):
+        events.append("device asked")
+        resampled.wait(10)  # a run that waited for the device before resampling would stall here
+        events.append("device resolved")
+        return real_resolve(name, quiet)
+
+    def recording_resample(*args, **kwargs):
+        events.append("resampled")
+        resampled.set()
+        return real_resample(*args, **kwargs)
+
+    monkeypatch.setattr(device_module, "resolve_device", slow_resolve)
+    monkeypatch.setattr(resampling, "resample_image", recording_resample)
+    seg = totalsegmentator(small_ct(), None, fast=True, device="cpu", quiet=True)
+    assert sorted(events) == ["device asked", "device resolved", "resampled"]
+    assert events.index("resampled") < events.index("device resolved")
+    assert np.asarray(seg.dataobj).any()
+
+
 def test_precision_reaches_the_predictor(total_fast_home, monkeypatch):
     from totalsegmentator.inference import predictor
 

@@ -20,20 +20,19 @@ from . import postprocessing as post
 from .errors import OptionError
 from .options import CropPlan, Options
 from .preprocessing import cropping, orientation, resampling, splitting
-from .registry import Mode, Part, Task, get_task, rough_crop_model
+from .registry import ROUGH_KIND_TO_MODE, Mode, Part, Task, get_task, model_parts, rough_crop_model
 from .timing import NULL_TIMER, StageTimer
 
 _CANONICAL = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
-# the rough crop models are modes of ordinary tasks
-ROUGH_KIND_TO_MODE = {"ct_default": ("total", "fastest"), "ct_robust": ("total", "fast"),
-                      "mr_always": ("total_mr", "fast"), "body": ("body", "fast")}
 
 
 @dataclass
 class RunSettings:
     """Everything of the user's options that changes how one image is predicted."""
 
-    device: object = "cpu"  # torch.device, resolved once by the API
+    # a torch.device, or a function that returns it: the API resolves the device in the background (with torch's
+    # import) and the run waits for it only where a model needs it, so reading and resampling come first
+    device_source: object = "cpu"
     resampling_order: int = 1
     nr_thr_resamp: int = 1
     force_split: bool = False
@@ -46,6 +45,13 @@ class RunSettings:
     precision: str = "auto"  # network precision (options.PRECISIONS)
     compile: str = "auto"  # torch.compile of the networks (options.COMPILE_MODES)
     timer: StageTimer = field(default_factory=lambda: NULL_TIMER)
+
+    @property
+    def device(self):
+        """The torch device (waits for the background resolution the first time)."""
+        if callable(self.device_source):
+            self.device_source = self.device_source()
+        return self.device_source
 
 
 @dataclass
@@ -67,18 +73,6 @@ class Prediction:
 
 def _voxel_sizes(affine: np.ndarray) -> np.ndarray:
     return np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-
-
-def model_parts(task: Task, mode: Mode, roi_subset: list[str] | None) -> list[Part]:
-    """The models a mode runs, in order (with a roi_subset only those holding one of its classes)."""
-    if mode.parts:
-        parts = list(mode.parts)
-        if roi_subset:
-            wanted = set(roi_subset)
-            parts = [p for p in parts if wanted & set(p.class_map.values())]
-        return parts
-    # single model: its labels are already the task's labels
-    return [Part(mode.dataset_ids[0], dict(task.class_map))]
 
 
 def _predict_models(data: np.ndarray, spacing: tuple, task: Task, mode: Mode, parts: list[Part],
@@ -212,7 +206,7 @@ def rough_segmentation(img: nib.Nifti1Image, kind: str, s: RunSettings) -> tuple
     rough_task = get_task(task_name)
     mode = rough_task.modes[mode_name]
     assert mode.dataset_ids[0] == rough_crop_model(kind)["dataset_id"]
-    rough_settings = RunSettings(device=s.device, resampling_order=s.resampling_order,
+    rough_settings = RunSettings(device_source=s.device_source, resampling_order=s.resampling_order,
                                  nr_thr_resamp=s.nr_thr_resamp, quiet=s.quiet, precision=s.precision,
                                  compile=s.compile, timer=s.timer)
     pred = predict_image(img, rough_task, mode, rough_settings)

@@ -8,8 +8,7 @@ from __future__ import annotations
 import threading
 
 from .options import CropPlan
-from .pipeline import ROUGH_KIND_TO_MODE, model_parts
-from .registry import Mode, Task, get_task
+from .registry import ROUGH_KIND_TO_MODE, Mode, Task, get_task, model_parts
 
 
 def first_model(task: Task, mode: Mode, crop_plan: CropPlan | None = None,

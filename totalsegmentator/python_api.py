@@ -11,10 +11,11 @@ import numpy as np
 
 from . import config
 from .errors import OptionError
+from .heap_reuse import reuse_freed_memory
 from .options import Options
 from .jsonfile import write_json_atomic
 from .outputs import DICOM_TYPES, extras_dir, multilabel_image, write_body_derived_masks, write_nifti_outputs
-from .registry import extra_class_map, get_task
+from .registry import ROUGH_KIND_TO_MODE, extra_class_map, get_task
 from .timing import StageTimer
 
 
@@ -49,15 +50,16 @@ def totalsegmentator(input: str | Path | nib.Nifti1Image, output: str | Path | N
     """
     kwargs = {k: v for k, v in locals().items() if k != "timer"}
     opts = Options(**kwargs).validated()
-    return run(opts, timer or StageTimer())
+    with reuse_freed_memory():
+        return run(opts, timer or StageTimer())
 
 
-def _settings(opts: Options, device, timer: StageTimer):
+def _settings(opts: Options, device_source, timer: StageTimer):
     from .pipeline import RunSettings
 
     blobs = opts.remove_small_blobs
     return RunSettings(
-        device=device, resampling_order=opts.resampling_order, nr_thr_resamp=opts.nr_thr_resamp,
+        device_source=device_source, resampling_order=opts.resampling_order, nr_thr_resamp=opts.nr_thr_resamp,
         force_split=opts.force_split, save_lowres=opts.save_lowres,
         higher_order_resampling=opts.higher_order_resampling,
         higher_order_resampling_legacy=opts.higher_order_resampling_LEGACY,
@@ -81,8 +83,6 @@ def _load_input(opts: Options, timer: StageTimer):
 
 def _dataset_ids_needed(opts: Options) -> list[int]:
     """All dataset ids the run will use: crop models, the mode's models, helper models."""
-    from .pipeline import ROUGH_KIND_TO_MODE
-
     task = get_task(opts.task)
     mode = opts.selected_mode()
     roi = opts.roi_subset_effective
@@ -106,9 +106,7 @@ def _dataset_ids_needed(opts: Options) -> list[int]:
 
 def run(opts: Options, timer: StageTimer) -> Any:
     """Run validated options; see ``totalsegmentator``."""
-    from .pipeline import segment
     from .prefetch import first_model, prefetch_model
-    from .weights import ensure_dataset
 
     start = time.perf_counter()
     task = get_task(opts.task)
@@ -124,24 +122,26 @@ def run(opts: Options, timer: StageTimer) -> Any:
         _log(notice, opts.quiet)
     _check_optional_features(opts, task)
 
-    # torch imports, the device and the first model (when its weights are installed) in the background while
-    # the input is read
+    # torch's import, the device and the first model (when its weights are installed) in the background, while
+    # this thread imports the pipeline, reads the input (gzip outside the GIL) and resamples it
     prefetch = prefetch_model(first_model(task, mode, opts.crop_plan(), opts.roi_subset_effective), opts.device,
                               quiet=opts.quiet)
     try:
+        from .pipeline import segment
+        from .weights import ensure_dataset
+
         img, series = _load_input(opts, timer)  # input errors before any download
-        device = prefetch.device()
+        with timer.stage("weights"):
+            for dataset_id in _dataset_ids_needed(opts):
+                ensure_dataset(dataset_id, quiet=opts.quiet)
+        settings = _settings(opts, prefetch.device, timer)
+        _log(f"Segmenting with task '{task.name}' ({mode.name} mode, {len(mode.dataset_ids)} model(s))",
+             opts.quiet)
+        result = segment(img, task, mode, settings, opts.crop_plan(), roi_subset=opts.roi_subset_effective)
     except BaseException:
         prefetch.join()  # no half-loaded model left behind in a process that goes on
         raise
-    with timer.stage("weights"):
-        for dataset_id in _dataset_ids_needed(opts):
-            ensure_dataset(dataset_id, quiet=opts.quiet)
-
-    settings = _settings(opts, device, timer)
-    _log(f"Segmenting with task '{task.name}' ({mode.name} mode, {len(mode.dataset_ids)} model(s)) on {device}",
-         opts.quiet)
-    result = segment(img, task, mode, settings, opts.crop_plan(), roi_subset=opts.roi_subset_effective)
+    device = settings.device
 
     labels, label_map = result.labels, result.label_map
     out_affine = result.affine

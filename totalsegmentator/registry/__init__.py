@@ -228,6 +228,23 @@ def download_task_to_ids() -> dict[str, list[int | str]]:
     return dict(raw_registry()["download_task_to_ids"])
 
 
+# the rough crop models are modes of ordinary tasks
+ROUGH_KIND_TO_MODE = {"ct_default": ("total", "fastest"), "ct_robust": ("total", "fast"),
+                      "mr_always": ("total_mr", "fast"), "body": ("body", "fast")}
+
+
+def model_parts(task: Task, mode: Mode, roi_subset: list[str] | None) -> list[Part]:
+    """The models a mode runs, in order (with a roi_subset only those holding one of its classes)."""
+    if mode.parts:
+        parts = list(mode.parts)
+        if roi_subset:
+            wanted = set(roi_subset)
+            parts = [p for p in parts if wanted & set(p.class_map.values())]
+        return parts
+    # single model: its labels are already the task's labels
+    return [Part(mode.dataset_ids[0], dict(task.class_map))]
+
+
 def rough_crop_model(kind: str) -> dict:
     """The rough models used for cropping: ``ct_default``, ``ct_robust``, ``mr_always``, ``body``."""
     return dict(raw_registry()["rough_crop_models"][kind])

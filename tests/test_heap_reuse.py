@@ -1,0 +1,95 @@
+"""Reuse of freed heap memory during runs (glibc only): faults, trimming, nesting, the switch."""
+from __future__ import annotations
+
+import resource
+import threading
+
+import pytest
+
+from totalsegmentator import heap_reuse
+
+pytestmark = pytest.mark.skipif(heap_reuse._glibc() is None, reason="needs glibc's malloc")
+
+BLOCK = 64 * 1024 * 1024  # far above glibc's default mmap threshold (at most 32 MiB)
+
+
+def _faults_of_block() -> int:
+    """Minor page faults of allocating (and zero-filling) one block and freeing it."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = bytearray(BLOCK)
+    del block
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def test_freed_blocks_are_reused_inside_and_returned_after():
+    with heap_reuse.reuse_freed_memory() as active:
+        assert active
+        _faults_of_block()  # the heap grows once
+        inside = [_faults_of_block() for _ in range(3)]
+        held = _resident_bytes()
+    after = _resident_bytes()
+    outside = _faults_of_block()
+    # inside: the same pages again, no faults; outside: a fresh mapping, faulted in page by page (16384
+    # pages of 4 KiB, or 32 huge pages where the kernel gives those)
+    assert max(inside) < 16, inside
+    assert outside >= 32, outside
+    # the block freed inside stayed resident until the end, then malloc_trim gave it back
+    assert held - after > BLOCK // 2, (held, after)
+
+
+def test_nested_and_concurrent_uses_restore_once(monkeypatch):
+    calls: list[tuple[str, tuple]] = []
+    libc = heap_reuse._glibc()
+
+    class Recorder:
+        def mallopt(self, *args):
+            calls.append(("mallopt", args))
+            return libc.mallopt(*args)
+
+        def malloc_trim(self, *args):
+            calls.append(("trim", args))
+            return libc.malloc_trim(*args)
+
+    recorder = Recorder()
+    monkeypatch.setattr(heap_reuse, "_glibc", lambda: recorder)
+    entered, release = threading.Event(), threading.Event()
+
+    def other_run():
+        with heap_reuse.reuse_freed_memory():
+            entered.set()
+            release.wait(10)
+
+    with heap_reuse.reuse_freed_memory():
+        thread = threading.Thread(target=other_run)
+        thread.start()
+        assert entered.wait(10)
+        with heap_reuse.reuse_freed_memory():
+            pass
+        raised = {param: value for name, (param, value) in [c for c in calls if c[0] == "mallopt"]}
+        assert raised == {heap_reuse._M_TRIM_THRESHOLD: heap_reuse._RUN_TRIM_THRESHOLD,
+                          heap_reuse._M_MMAP_THRESHOLD: heap_reuse._RUN_MMAP_THRESHOLD, heap_reuse._M_ARENA_MAX: 1}
+        assert len(calls) == 3  # raised once for all three uses
+        assert not any(c[0] == "trim" for c in calls)  # the inner and the concurrent use did not restore
+        release.set()
+        thread.join()
+        assert not any(c[0] == "trim" for c in calls)
+    assert calls[-1] == ("trim", (0,))
+    restored = calls[-3:-1]
+    assert restored == [("mallopt", (heap_reuse._M_MMAP_THRESHOLD, heap_reuse._GLIBC_START_THRESHOLD)),
+                        ("mallopt", (heap_reuse._M_TRIM_THRESHOLD, heap_reuse._GLIBC_START_THRESHOLD))]
+    assert len([c for c in calls if c[0] == "trim"]) == 1
+
+
+@pytest.mark.parametrize("value", ["off", "0", "False", "no"])
+def test_the_switch_keeps_glibc_defaults(value, monkeypatch):
+    monkeypatch.setenv(heap_reuse.HEAP_REUSE_ENV, value)
+    calls = []
+    monkeypatch.setattr(heap_reuse, "_glibc", lambda: calls.append("used") or None)
+    with heap_reuse.reuse_freed_memory() as active:
+        assert not active
+    assert calls == []
