@@ -93,3 +93,25 @@ def test_the_switch_keeps_glibc_defaults(value, monkeypatch):
     with heap_reuse.reuse_freed_memory() as active:
         assert not active
     assert calls == []
+
+
+def test_the_outermost_use_decides_about_trimming(monkeypatch):
+    trims = []
+    libc = heap_reuse._glibc()
+
+    class Recorder:
+        def mallopt(self, *args):
+            return libc.mallopt(*args)
+
+        def malloc_trim(self, *args):
+            trims.append(args)
+            return libc.malloc_trim(*args)
+
+    monkeypatch.setattr(heap_reuse, "_glibc", lambda: Recorder())
+    with heap_reuse.reuse_freed_memory(trim=False):
+        with heap_reuse.reuse_freed_memory():  # an API call inside the command
+            pass
+    assert trims == []
+    with heap_reuse.reuse_freed_memory():
+        pass
+    assert trims == [(0,)]

@@ -389,6 +389,44 @@ def test_reading_and_resampling_do_not_wait_for_the_device(total_fast_home, monk
     assert np.asarray(seg.dataobj).any()
 
 
+@pytest.mark.parametrize("requested, cuda_present, resolves", [
+    ("cpu", True, False), ("mps", True, False), ("gpu", False, False), ("gpu:1", False, False), ("gpu", True, True)])
+def test_resampling_device_waits_for_the_device_only_where_cuda_can_be(requested, cuda_present, resolves,
+                                                                      monkeypatch):
+    import torch
+
+    from totalsegmentator import pipeline
+
+    resolved = []
+    monkeypatch.setattr(pipeline, "_cuda_may_be_present", lambda: cuda_present)
+    settings = pipeline.RunSettings(device_source=lambda: resolved.append(1) or torch.device("cpu"),
+                                    requested_device=requested)
+    assert settings.resampling_device() is None  # no CUDA here: scipy on the CPU
+    assert resolved == ([1] if resolves else [])
+
+
+def test_pipeline_resamples_on_the_device_it_is_given(total_fast_home, monkeypatch):
+    """The device resampling path inside a whole run (the CPU standing in for CUDA): same geometry, labels
+    as with scipy's resampling but for the voxels whose input moved by one HU."""
+    import torch
+
+    from totalsegmentator import pipeline
+    from totalsegmentator.preprocessing import device_resampling
+
+    img = small_ct(shape=(40, 36, 30), spacing=(1.7, 1.7, 2.5))
+    reference = totalsegmentator(img, None, fast=True, device="cpu", quiet=True)
+    used = []
+    real = device_resampling.resample_image_on_device
+    monkeypatch.setattr(device_resampling, "resample_image_on_device",
+                        lambda *a, **k: used.append(a[1:]) or real(*a, **k))
+    monkeypatch.setattr(pipeline.RunSettings, "resampling_device", lambda self: torch.device("cpu"))
+    seg = totalsegmentator(img, None, fast=True, device="cpu", quiet=True)
+    assert len(used) == 1 and used[0][1] == 1  # order 1, the default
+    assert seg.shape == reference.shape and np.array_equal(seg.affine, reference.affine)
+    same = np.asarray(seg.dataobj) == np.asarray(reference.dataobj)
+    assert same.mean() >= 0.99 and np.asarray(seg.dataobj).any()
+
+
 def test_precision_reaches_the_predictor(total_fast_home, monkeypatch):
     from totalsegmentator.inference import predictor
 

@@ -9,6 +9,7 @@ cropping, helper models (vertebrae_pp_refined) and the rules applied at the inpu
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class RunSettings:
     # a torch.device, or a function that returns it: the API resolves the device in the background (with torch's
     # import) and the run waits for it only where a model needs it, so reading and resampling come first
     device_source: object = "cpu"
+    requested_device: str = "cpu"  # the user's device name (cpu, gpu, gpu:N, mps)
     resampling_order: int = 1
     nr_thr_resamp: int = 1
     force_split: bool = False
@@ -52,6 +54,14 @@ class RunSettings:
         if callable(self.device_source):
             self.device_source = self.device_source()
         return self.device_source
+
+    def resampling_device(self):
+        """The CUDA device the input is resampled on, or None for scipy on the CPU. Waits for the device only
+        when a CUDA GPU was asked for and can be present, so CPU runs resample beside torch's import."""
+        if self.requested_device in ("cpu", "mps") or not _cuda_may_be_present():
+            return None
+        device = self.device
+        return device if getattr(device, "type", None) == "cuda" else None
 
 
 @dataclass
@@ -171,7 +181,8 @@ def predict_image(img: nib.Nifti1Image, task: Task, mode: Mode, s: RunSettings,
     with s.timer.stage("resample"):
         if resample:
             data_r, affine_r, _ = resampling.resample_image(data_c, affine_c, mode.spacing, s.resampling_order,
-                                                            threads=resampling_threads(s.nr_thr_resamp))
+                                                            threads=resampling_threads(s.nr_thr_resamp),
+                                                            device=s.resampling_device())
         else:
             data_r, affine_r = data_c, affine_c
 
@@ -206,9 +217,9 @@ def rough_segmentation(img: nib.Nifti1Image, kind: str, s: RunSettings) -> tuple
     rough_task = get_task(task_name)
     mode = rough_task.modes[mode_name]
     assert mode.dataset_ids[0] == rough_crop_model(kind)["dataset_id"]
-    rough_settings = RunSettings(device_source=s.device_source, resampling_order=s.resampling_order,
-                                 nr_thr_resamp=s.nr_thr_resamp, quiet=s.quiet, precision=s.precision,
-                                 compile=s.compile, timer=s.timer)
+    rough_settings = RunSettings(device_source=s.device_source, requested_device=s.requested_device,
+                                 resampling_order=s.resampling_order, nr_thr_resamp=s.nr_thr_resamp, quiet=s.quiet,
+                                 precision=s.precision, compile=s.compile, timer=s.timer)
     pred = predict_image(img, rough_task, mode, rough_settings)
     return pred.labels, rough_task.class_map
 
@@ -279,6 +290,13 @@ def segment(img: nib.Nifti1Image, task: Task, mode: Mode, s: RunSettings, crop_p
             outside = _mask_of(rough[0], rough[1], mode.remove_outside.classes)
             labels = post.remove_outside(labels, outside, voxel_sizes, mode.remove_outside.dilation_mm)
     return Segmentation(labels, pred.affine, _filtered(label_map, roi_subset), pred.lowres)
+
+
+def _cuda_may_be_present() -> bool:
+    """False where no CUDA GPU can be present (Linux without NVIDIA device files, macOS), without torch."""
+    if sys.platform.startswith("linux"):
+        return any(Path("/dev").glob("nvidia[0-9]*"))
+    return sys.platform != "darwin"
 
 
 def resampling_threads(requested: int) -> int:

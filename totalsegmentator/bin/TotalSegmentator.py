@@ -275,9 +275,11 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     kwargs = api_kwargs_from_args(args)
     Options(**kwargs).validated()  # fails here, before the heavy imports below
 
+    from ..heap_reuse import reuse_freed_memory  # noqa: PLC0415
     from ..python_api import totalsegmentator  # noqa: PLC0415 - imports torch/nnU-Net: only after validation
 
-    totalsegmentator(**kwargs)
+    with reuse_freed_memory(trim=False):  # the process ends next: handing memory back would only cost time
+        totalsegmentator(**kwargs)
     return EXIT_OK
 
 

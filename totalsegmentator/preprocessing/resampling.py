@@ -41,13 +41,14 @@ def _effective_zoom(in_shape: Sequence[int], out_shape: Sequence[int]) -> np.nda
 
 
 def resample_image(data: np.ndarray, affine: np.ndarray, target_spacing_xyz: Sequence[float], order: int = 1,
-                   threads: int = 1, spacing_xyz: Sequence[float] | None = None,
+                   threads: int = 1, spacing_xyz: Sequence[float] | None = None, device=None,
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Resample a 3-D image to ``target_spacing_xyz`` -> ``(data int32, new_affine, zoom)``.
 
     ``spacing_xyz`` defaults to the affine's column norms (pass the header zooms to mirror the official
     tool exactly). When the spacing equals the target exactly, ``data`` and ``affine`` are returned as they
-    are (no int32 cast) with a zoom of ones.
+    are (no int32 cast) with a zoom of ones. With a torch ``device``, orders 0 and 1 are computed there
+    (``device_resampling.py``; its tolerance); other orders, and no device, use scipy on the CPU.
     """
     affine = np.asarray(affine, dtype=np.float64)
     spacing = np.asarray(spacing_from_affine(affine) if spacing_xyz is None else spacing_xyz, dtype=np.float64)
@@ -55,9 +56,14 @@ def resample_image(data: np.ndarray, affine: np.ndarray, target_spacing_xyz: Seq
     if np.array_equal(spacing[:3], target[:3]):
         return data, affine, np.ones(3)
     zoom = spacing[:3] / target[:3]
-    out = zoom_image(data, zoom, order=order, threads=threads, output=np.float64)
     new_affine = affine.copy()
     new_affine[:3, :3] = affine[:3, :3] / zoom
+    if device is not None and data.ndim == 3:
+        from .device_resampling import DEVICE_ORDERS, resample_image_on_device
+
+        if order in DEVICE_ORDERS:
+            return resample_image_on_device(data, zoom, order, device), new_affine, zoom
+    out = zoom_image(data, zoom, order=order, threads=threads, output=np.float64)
     return out.astype(np.int32), new_affine, zoom
 
 
