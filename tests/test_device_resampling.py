@@ -62,6 +62,16 @@ def test_real_ct_within_the_stated_tolerance(shared_data):
     assert differ.mean() <= 0.002, differ.mean()
 
 
+@pytest.mark.parametrize("dtype", [">i2", "<u2", "u4", ">f4", "f2", "i1", "u1"])
+@pytest.mark.parametrize("order", [0, 1])
+def test_any_voxel_type_and_byte_order(dtype, order):
+    data = RNG.integers(0, 120, size=(9, 7, 5)).astype(dtype)
+    out, _, _ = resample_image(data, np.eye(4), (0.6, 1.4, 2.0), order=order, device=CPU)
+    expected, _, _ = resample_image(data, np.eye(4), (0.6, 1.4, 2.0), order=order)
+    assert out.dtype == np.int32
+    assert np.abs(out.astype(np.int64) - expected).max() <= (1 if order else 0)
+
+
 def test_higher_orders_are_refused_on_a_device():
     with pytest.raises(ValueError, match="prefilter"):
         zoom_on_device(np.zeros((4, 4, 4), np.int16), (2, 2, 2), 3, CPU)

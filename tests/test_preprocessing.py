@@ -93,6 +93,14 @@ def test_resample_image_matches_direct_zoom(order):
     assert np.allclose(np.linalg.norm(new_affine[:3, :3], axis=0), target)
 
 
+@pytest.mark.parametrize("order", [0, 1, 3])
+def test_float16_images_are_resampled_like_float32(order):
+    data = RNG.normal(0, 300, size=(9, 8, 7)).astype(np.float16)
+    half, _, _ = resample_image(data, np.eye(4), (1.5, 0.7, 2.0), order=order)
+    single, _, _ = resample_image(data.astype(np.float32), np.eye(4), (1.5, 0.7, 2.0), order=order)
+    assert np.array_equal(half, single)
+
+
 def test_resample_truncates_instead_of_rounding_integers():
     data = np.zeros((2, 2, 2), np.int16)
     data[1] = 10

@@ -31,13 +31,24 @@ def zoom_on_device(data: np.ndarray, zoom: Sequence[float], order: int, device) 
         raise ValueError(f"expected a 3-D array, got shape {data.shape}")
     out_shape = zoom_output_shape(data.shape, zoom)
     scale = _effective_zoom(data.shape, out_shape)
-    volume = torch.from_numpy(np.ascontiguousarray(data)).to(device)
+    volume = torch.from_numpy(_torch_ready(data)).to(device)
     if order == 1:
         volume = volume.to(torch.float64)
     # the axis that shrinks the volume most first: smaller intermediates, fewer operations
     for axis in sorted(range(3), key=lambda a: out_shape[a] / max(data.shape[a], 1)):
         volume = _zoom_axis(volume, axis, out_shape[axis], float(scale[axis]), order)
     return volume
+
+
+def _torch_ready(data: np.ndarray) -> np.ndarray:
+    """``data`` as a contiguous array in native byte order (big-endian NIfTI files load as such) of a type that
+    every device gathers: unsigned types wider than a byte become int64, which holds all their values."""
+    dtype = data.dtype.newbyteorder("=")
+    if dtype.kind == "u" and dtype.itemsize > 1:
+        dtype = np.dtype(np.int64)
+    elif dtype.kind == "b":
+        dtype = np.dtype(np.uint8)
+    return np.ascontiguousarray(data, dtype=dtype)
 
 
 def _zoom_axis(volume: "torch.Tensor", axis: int, n_out: int, scale: float, order: int) -> "torch.Tensor":  # noqa: F821

@@ -70,6 +70,8 @@ def resample_image(data: np.ndarray, affine: np.ndarray, target_spacing_xyz: Seq
 def zoom_image(data: np.ndarray, zoom: Sequence[float], order: int = 1, threads: int = 1,
                output: np.dtype | type | None = None, mode: str = "nearest") -> np.ndarray:
     """``ndimage.zoom(data, zoom, order=order, mode=mode, output=output)``, threaded for orders 0 and 1."""
+    if data.dtype == np.float16:
+        data = data.astype(np.float32)  # scipy's kernels have no float16; widening is exact
     out_dtype = np.dtype(data.dtype if output is None else output)
     out_shape = zoom_output_shape(data.shape, zoom)
     threads = max(1, int(threads))
