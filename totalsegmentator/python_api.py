@@ -59,7 +59,8 @@ def _settings(opts: Options, device_source, timer: StageTimer):
 
     blobs = opts.remove_small_blobs
     return RunSettings(
-        device_source=device_source, requested_device=str(opts.device), resampling_order=opts.resampling_order, nr_thr_resamp=opts.nr_thr_resamp,
+        device_source=device_source, requested_device=str(opts.device), resampling_order=opts.resampling_order,
+        nr_thr_resamp=opts.nr_thr_resamp,
         force_split=opts.force_split, save_lowres=opts.save_lowres,
         higher_order_resampling=opts.higher_order_resampling,
         higher_order_resampling_legacy=opts.higher_order_resampling_LEGACY,
