@@ -117,7 +117,7 @@ def ours(mode: str, ct: Path, work: Path, env: dict, index: int, extra: dict) ->
     return run
 
 
-def official(mode: str, ct: Path, work: Path, env: dict, index: int, python: Path) -> dict:
+def official(mode: str, ct: Path, work: Path, env: dict, index: int, python: Path, device: str = "cpu") -> dict:
     out = work / "out" / f"official_{mode}_{index}"
     out = out.with_suffix(".nii.gz") if mode == "ml" else out
     log = work / "out" / f"official_{mode}_{index}.log"
@@ -126,7 +126,7 @@ def official(mode: str, ct: Path, work: Path, env: dict, index: int, python: Pat
     env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
     cmd = ([str(python), str(script)] if script.is_file() else
            [str(python), "-c", "from totalsegmentator.bin.TotalSegmentator import main; main()"])
-    cmd += ["-i", str(ct), "-o", str(out), "-d", "cpu", *OFFICIAL_FLAGS[mode]]
+    cmd += ["-i", str(ct), "-o", str(out), "-d", device, *OFFICIAL_FLAGS[mode]]
     run = run_measured(cmd, env, work, log)
     if run["returncode"] != 0:
         raise RuntimeError(f"official {mode} run failed, see {log}:\n" + log.read_text()[-3000:])
@@ -221,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input", type=Path, help="use this CT instead of the generated one")
     p.add_argument("--option", action="append", default=[], metavar="KEY=JSON",
                    help="extra totalsegmentator() argument for our runs, e.g. --option nr_thr_saving=2")
+    p.add_argument("--device", default="cpu", help="device of both tools: cpu (default), gpu, gpu:N")
     args = p.parse_args(argv)
 
     modes = tuple(args.modes.split(",")) if args.modes else (QUICK_MODES if args.quick else FULL_MODES)
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown modes {sorted(unknown)}; choose from {','.join(FULL_MODES)}")
     official_modes = tuple(args.official_modes.split(",")) if args.official_modes else modes
     repeat = args.repeat or (1 if args.quick else 3)
-    extra = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
+    extra = {"device": args.device, **{k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}}
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="totalseg_bench_"))
     work = work.resolve()
@@ -270,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.official_python and mode in official_modes:
             oruns = []
             for i in range(repeat):
-                oruns.append(official(mode, ct, work, env, i, args.official_python))
+                oruns.append(official(mode, ct, work, env, i, args.official_python, args.device))
                 print(f"  official {mode:10s} run {i + 1}: {oruns[-1]['wall_s']:.1f} s, "
                       f"{oruns[-1]['peak_rss_mb']:.0f} MB (load avg before {oruns[-1]['load_before']})", flush=True)
             entry["official"] = summarize(oruns)
@@ -304,7 +305,8 @@ def machine_info() -> dict:
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)}
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 if __name__ == "__main__":
