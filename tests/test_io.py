@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 import logging
 import os
 import struct
@@ -454,6 +455,23 @@ def test_mask_gzip_is_nibabels_file_content(tmp_path, monkeypatch, shape, slab):
     zlib_paths = write_per_class(seg, classes, ref, tmp_path / "zlib", compresslevel=6)
     for fast, slow in zip(paths, zlib_paths):
         assert gzip.decompress(fast.read_bytes()) == gzip.decompress(slow.read_bytes())
+
+
+@pytest.mark.parametrize("n", [1, 5, 65535, 65536, 65537, 300001])
+def test_crc_of_runs_is_zlibs(n):
+    """The CRC-32 of header + mask from the runs of ones alone equals zlib's over all the bytes."""
+    rng = np.random.default_rng(n)
+    mask = np.zeros(n, np.uint8)
+    for _ in range(int(rng.integers(1, 40))):
+        a = int(rng.integers(0, n))
+        mask[a:a + int(rng.integers(1, 70000))] = 1
+    mask[:1] = n % 2  # runs at the very start and end too
+    mask[-1:] = 1
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask, [0]])))
+    starts, ends = edges[0::2], edges[1::2]
+    header = b"header bytes" * 29
+    crc = writers._zero_extend(zlib.crc32(header), n) ^ writers._RunsCrc(n)(starts, ends)
+    assert crc == zlib.crc32(header + mask.tobytes())
 
 
 def test_mask_gzip_special_volumes():
