@@ -294,8 +294,8 @@ def segment(img: nib.Nifti1Image, task: Task, mode: Mode, s: RunSettings, crop_p
 
 def _cuda_may_be_present() -> bool:
     """False where no CUDA GPU can be present (Linux without NVIDIA device files, macOS), without torch."""
-    if sys.platform.startswith("linux"):
-        return any(Path("/dev").glob("nvidia[0-9]*"))
+    if sys.platform.startswith("linux"):  # /dev/dxg: the GPU of WSL 2
+        return any(Path("/dev").glob("nvidia[0-9]*")) or Path("/dev/dxg").exists()
     return sys.platform != "darwin"
 
 
