@@ -74,10 +74,11 @@ def run_local(cases: Sequence[Case], spec: BatchSpec, state: BatchState, prefetc
     import_step_modules(any(c.is_dicom for c in cases))
     threads = [threading.Thread(target=reader, name="totalseg-batch-reader", daemon=True),
                threading.Thread(target=writer, name="totalseg-batch-writer", daemon=True)]
-    for thread in threads:
-        thread.start()
-    # freed memory stays for the next case instead of being trimmed after each (see heap_reuse.py)
+    # freed memory stays for the next case instead of being trimmed after each, and the threads started here
+    # share the main heap (see heap_reuse.py)
     with reuse_freed_memory():
+        for thread in threads:
+            thread.start()
         try:
             while not stop.is_set():
                 try:
