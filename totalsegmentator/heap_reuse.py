@@ -3,11 +3,12 @@
 Every 128^3 tile allocates several GB of activations. With glibc's defaults each block above the mmap
 threshold (at most 32 MiB) is mapped fresh from the kernel and unmapped again when freed, so every tile
 faults in and zeroes its whole working set anew. On a 2-core virtual machine that was ~30 % of the network
-time (a 128^3 tile: 5.5 s with the defaults, 3.9 s reusing memory; default ``total`` on a 458x379x224 CT:
-349 s -> 245 s). For the duration of a run the mmap and trim thresholds are raised, so the next tile reuses
-the pages of the previous one; at the end free memory goes back to the kernel (``malloc_trim``) and the
-thresholds back to glibc's start values. The price is fragmentation: a higher peak (default ``total``:
-3.4 -> 4.6 GB resident). ``TOTALSEG_HEAP_REUSE=off`` keeps glibc's defaults.
+time (a 128^3 tile: 5.5 s with the defaults, 3.9-4.4 s reusing memory; default ``total`` on a 458x379x224
+CT: 350 s -> 245-267 s). For the duration of a run the mmap and trim thresholds are raised, so the next tile
+reuses the pages of the previous one, and threads started meanwhile share the main heap (writing the per-class
+files then reuses the network's pages as well); at the end free memory goes back to the kernel
+(``malloc_trim``) and the thresholds back to glibc's start values. The price is fragmentation: a higher peak
+(default ``total``: 3.4 -> 4.8 GB resident). ``TOTALSEG_HEAP_REUSE=off`` keeps glibc's defaults.
 """
 from __future__ import annotations
 
