@@ -142,7 +142,7 @@ def run(opts: Options, timer: StageTimer) -> Any:
     except BaseException:
         prefetch.join()  # no half-loaded model left behind in a process that goes on
         raise
-    device = settings.device
+    prefetch.device()  # runs that never needed a model still end with the device resolved, as the others
 
     labels, label_map = result.labels, result.label_map
     out_affine = result.affine
@@ -173,7 +173,7 @@ def run(opts: Options, timer: StageTimer) -> Any:
         get_radiomics_features_for_entire_dir(img, output, output / "statistics_radiomics.json")
     config.increase_prediction_counter()
     if opts.report:
-        _write_report(opts, task, label_map, output, time.perf_counter() - start, device)
+        _write_report(opts, task, label_map, output, time.perf_counter() - start)
     if output is not None and not opts.skip_saving:
         _log(f"Saved the segmentation to {output}", opts.quiet)
     if opts.verbose:
@@ -245,7 +245,7 @@ def _preview(opts: Options, task, result, output: Path) -> None:
                      task.preview_roi_groups, target)
 
 
-def _write_report(opts: Options, task, label_map, output: Path | None, seconds: float, device) -> None:
+def _write_report(opts: Options, task, label_map, output: Path | None, seconds: float) -> None:
     import torch
 
     from importlib.metadata import PackageNotFoundError, version

@@ -46,8 +46,6 @@ def _torch_ready(data: np.ndarray) -> np.ndarray:
     dtype = data.dtype.newbyteorder("=")
     if dtype.kind == "u" and dtype.itemsize > 1:
         dtype = np.dtype(np.int64)
-    elif dtype.kind == "b":
-        dtype = np.dtype(np.uint8)
     return np.ascontiguousarray(data, dtype=dtype)
 
 
@@ -55,7 +53,7 @@ def _zoom_axis(volume: "torch.Tensor", axis: int, n_out: int, scale: float, orde
     import torch
 
     n_in = volume.shape[axis]
-    if n_out == n_in and scale == 1.0:
+    if n_out == n_in:  # scipy's scale is then 1: every voxel stays
         return volume
     coords = torch.arange(n_out, dtype=torch.float64, device=volume.device) * scale
     if order == 0:
