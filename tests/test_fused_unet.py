@@ -111,6 +111,91 @@ def test_unsupported_layouts_fall_back():
     assert fused_forward(nn.Conv3d(1, 2, 3)) is None
 
 
+def _weighted_argmax(logits: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    if weights is not None:
+        logits = (logits * weights).to(weights.dtype) / weights
+    return torch.max(logits, 0).indices
+
+
+@pytest.mark.parametrize("bias, dims, chunk, weights_dtype", [
+    (True, 3, 16384, None),
+    (False, 3, 7, None),  # chunks smaller than a plane
+    (True, 3, 16384, torch.float16),
+    (True, 2, 5, torch.float32),
+])
+def test_pointwise_argmax_is_the_argmax_of_the_head(monkeypatch, bias, dims, chunk, weights_dtype):
+    monkeypatch.setattr(fused_unet, "HEAD_CHUNK_VOXELS", chunk)
+    torch.manual_seed(0)
+    conv = (nn.Conv3d if dims == 3 else nn.Conv2d)(6, 9, 1, bias=bias)
+    spatial = (11, 9, 10)[:dims]
+    features = torch.randn(6, *spatial)
+    region = (slice(1, 10), slice(2, 8), slice(0, 7))[:dims]  # not contiguous: planes are copied
+    weights = None
+    if weights_dtype is not None:
+        weights = (torch.rand(spatial) * 10 + 1e-3).to(weights_dtype)[region]
+    with torch.inference_mode():
+        logits = fused_unet._pointwise_conv(features[None], conv)[0][(slice(None), *region)]
+        labels = fused_unet.pointwise_argmax(features[(slice(None), *region)], conv, torch.int16, weights)
+    assert labels.dtype == torch.int16 and labels.shape == logits.shape[1:]
+    assert torch.equal(labels.long(), _weighted_argmax(logits, weights))
+    assert len(torch.unique(labels)) > 3
+
+
+def test_pointwise_argmax_takes_the_first_of_tied_classes_and_refuses_overflow():
+    conv = nn.Conv3d(2, 4, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0]]).view(4, 2, 1, 1, 1))
+        conv.bias.zero_()
+    features = torch.zeros(2, 2, 2, 2)
+    features[0, 0] = 3.0  # classes 0 and 2 tie at 3
+    features[1, 1] = 5.0  # class 1 wins
+    with torch.inference_mode():
+        labels = fused_unet.pointwise_argmax(features, conv)
+    assert labels[0].eq(0).all() and labels[1].eq(1).all()
+    assert labels.dtype == torch.uint8
+    features[0, 0, 0, 0] = 1e4  # times a weight of 10 is beyond float16
+    with pytest.raises(RuntimeError, match="overflowed"), torch.inference_mode():
+        fused_unet.pointwise_argmax(features, conv, weights=torch.full((2, 2, 2), 10.0, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_first_maxima_equal_torch_max_with_ties_and_nan(dtype):
+    torch.manual_seed(1)
+    values = torch.randint(-3, 4, (9, 500)).to(dtype)  # many tied maxima
+    values[:, 7] = float("nan")
+    values[4, 9] = float("nan")
+    values[:, 11] = float("-inf")
+    hits = torch.empty(values.shape)
+    class_sums = torch.stack([torch.arange(9.0), torch.ones(9)])
+    indices, best = fused_unet._first_maxima(values, class_sums, hits)
+    expected = torch.max(values, 0)
+    assert torch.equal(indices.long(), expected.indices)
+    assert torch.allclose(best, expected.values, equal_nan=True)
+    assert bool(torch.isnan(best[7])) and bool(torch.isnan(best[9]))
+
+
+def test_fused_labels_equal_the_argmax_of_the_fused_logits():
+    net = plain_unet(num_classes=7, seed=5)
+    forward = fused_forward(net)
+    x = torch.randn(1, 1, 24, 20, 16)
+    region = (slice(2, 22), slice(0, 17), slice(3, 16))
+    weights = (torch.rand(24, 20, 16) * 10 + 0.01).to(torch.float16)[region]
+    with torch.inference_mode():
+        logits = forward(x)[0][(slice(None), *region)]
+        features = forward.features(x)
+        labels = forward.labels(features[0], region, weights=weights)
+        unweighted = forward.labels(features[0], region)
+    assert torch.equal(labels.long(), _weighted_argmax(logits, weights))
+    assert torch.equal(unweighted.long(), logits.argmax(0))
+    # a head that is not 1x1x1 takes the plain way
+    net.decoder.seg_layers[-1] = nn.Conv3d(4, 7, 3, padding=1)
+    forward = fused_forward(net)
+    with torch.inference_mode():
+        logits = forward(x)[0][(slice(None), *region)]
+        labels = forward.labels(forward.features(x)[0], region, weights=weights)
+    assert torch.equal(labels.long(), _weighted_argmax(logits, weights))
+
+
 def test_instance_norm_in_place_matches_float64():
     x = torch.randn(2, 3, 20, 18, 16) * torch.tensor([1.0, 5.0, 0.1]).view(1, 3, 1, 1, 1) + 40.0
     norm = nn.InstanceNorm3d(3, eps=1e-5, affine=True)
@@ -181,6 +266,35 @@ def test_default_labels_agree_with_nnunet(model):
     labels = predict_labels(model, image, (1.5, 1.5, 1.5), 0.5)
     assert labels.shape == image.shape
     assert np.mean(labels == ref.transpose(2, 1, 0)) >= 0.999
+
+
+@pytest.mark.parametrize("accumulate_dtype", [torch.float16, torch.float32])
+def test_single_tile_labels_skip_the_logits_and_stay_the_same(model, monkeypatch, accumulate_dtype):
+    """An image within one tile: labels straight from the fused head (plane by plane), identical to the argmax
+    of the accumulated logits; other precisions, and probabilities, go through the sliding window."""
+    image = ct_like((30, 27, 25), seed=9)
+    assert all(n <= p for n, p in zip(image.shape, model.patch_size))
+    shortcut = []
+    real = predictor._single_tile_labels
+    monkeypatch.setattr(predictor, "_single_tile_labels", lambda *a: shortcut.append(1) or real(*a))
+    labels = predict_labels(model, image, (1.5, 1.5, 1.5), accumulate_dtype=accumulate_dtype)
+    assert shortcut
+    monkeypatch.setattr(predictor, "_single_tile_network", lambda *a: None)
+    reference = predict_labels(model, image, (1.5, 1.5, 1.5), accumulate_dtype=accumulate_dtype)
+    assert np.array_equal(labels, reference)
+    assert labels.dtype == np.uint8 and len(np.unique(labels)) > 2
+    monkeypatch.undo()
+
+    shortcut.clear()
+    monkeypatch.setattr(predictor, "_single_tile_labels", lambda *a: shortcut.append(1) or real(*a))
+    predict_labels(model, image, (1.5, 1.5, 1.5), mixed_precision="exact")
+    predict_labels(model, image, (1.5, 1.5, 1.5), mixed_precision="bf16")
+    predict_labels(model, image, (1.5, 1.5, 1.5), return_probabilities=True)
+    predict_labels(model, image, (2.0, 1.5, 1.5))  # resampled to the plans: the export resamples the logits
+    predict_labels(model, ct_like((60, 27, 25)), (1.5, 1.5, 1.5))  # two tiles
+    assert not shortcut
+    predict_labels(model, image, (1.5, 1.5, 1.5))
+    assert shortcut
 
 
 def test_auto_compile_gives_way_to_the_fused_forward(model, monkeypatch):

@@ -26,6 +26,8 @@ Speed without changing a single logit (each checked against nnU-Net in the tests
 * models with the same preprocessing (the five parts of task total) preprocess an unchanged image once;
 * the Gaussian weights are built as an outer product (bit-identical to ``compute_gaussian``, 4x faster);
 * an image within one tile gets its accumulator from that tile instead of zeros + tile (same rounding);
+  when only its labels are wanted (one fold, float32 on the CPU), the head and the argmax run plane by plane
+  with the same weighting and rounding (``FusedUNet.labels``): the tile's logits (~1 GB) are never written;
 * the float16 overflow check is one min/max reduction, and the argmax is ``torch.max(..).indices``.
 
 ``mixed_precision`` (or the environment variable ``TOTALSEG_PRECISION``) runs the network in bfloat16/float16
@@ -55,7 +57,7 @@ from ..errors import InputImageError
 from ..options import PRECISION_ENV, PRECISIONS
 from ..timing import StageTimer
 from .compile import network_runner, wants_compile
-from .fused_unet import fused_forward
+from .fused_unet import FusedUNet, fused_forward
 from .model import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -384,16 +386,55 @@ def _check_spacing(spacing_xyz: Sequence[float]) -> tuple[float, float, float]:
     return spacing
 
 
-def _labels_in_place(model: LoadedModel, logits: torch.Tensor, properties: dict) -> np.ndarray:
-    """Argmax on the logits' own device, then nnU-Net's uncrop and transpose (no resampling needed here)."""
+def _label_dtype(model: LoadedModel) -> torch.dtype:
+    return torch.int16 if len(model.label_manager.foreground_labels) >= 255 else torch.uint8
+
+
+def _uncropped(model: LoadedModel, seg: torch.Tensor, properties: dict) -> np.ndarray:
+    """nnU-Net's uncrop and transpose of a label map at the preprocessed shape (no resampling needed)."""
     from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
 
-    wide = len(model.label_manager.foreground_labels) >= 255
-    # torch.max over the class axis gives argmax's indices (first maximum on ties) about 3x faster on the CPU
-    seg = torch.max(logits, 0).indices.to(torch.int16 if wide else torch.uint8).cpu().numpy()
-    full = np.zeros(properties["shape_before_cropping"], dtype=np.uint16 if wide else np.uint8)
+    seg = seg.cpu().numpy()
+    full = np.zeros(properties["shape_before_cropping"], dtype=np.uint16 if seg.dtype == np.int16 else np.uint8)
     full = insert_crop_into_image(full, seg.astype(full.dtype, copy=False), properties["bbox_used_for_cropping"])
     return full.transpose(model.plans_manager.transpose_backward)
+
+
+def _labels_in_place(model: LoadedModel, logits: torch.Tensor, properties: dict) -> np.ndarray:
+    """Argmax on the logits' own device, then nnU-Net's uncrop and transpose (no resampling needed here)."""
+    # torch.max over the class axis gives argmax's indices (first maximum on ties) about 3x faster on the CPU
+    return _uncropped(model, torch.max(logits, 0).indices.to(_label_dtype(model)), properties)
+
+
+def _single_tile_network(model: LoadedModel, data: torch.Tensor, mixed_precision: bool | str | None,
+                         compile_mode: str) -> FusedUNet | None:
+    """The fused forward when the labels can come straight from one network call: one fold, one tile, float32
+    on the CPU (the default there), no compile asked for; else None."""
+    if (model.num_folds != 1 or model.device.type != "cpu" or compile_mode == "on"
+            or autocast_dtype_for(model.device, mixed_precision) is not None
+            or _precision_setting(mixed_precision) == "exact"
+            or any(n > p for n, p in zip(data.shape[1:], model.patch_size))):
+        return None
+    return fused_forward(model.network)
+
+
+def _single_tile_labels(model: LoadedModel, network: FusedUNet, data: torch.Tensor,
+                        accumulate_dtype: torch.dtype) -> torch.Tensor:
+    """Labels (z, y, x) of a preprocessed image within one tile, the argmax of the logits exactly as
+    ``predict_logits`` would accumulate them (weighted, rounded to ``accumulate_dtype``, divided by the weights)
+    without the logits of the whole tile: the head runs plane by plane with the argmax (``FusedUNet.labels``)."""
+    from acvl_utils.cropping_and_padding.padding import pad_nd_image
+
+    patch = model.patch_size
+    padded, revert_padding = pad_nd_image(data, patch, "constant", {"value": 0}, True, None)
+    region = tuple(revert_padding[1:])
+    weights = gaussian_weights(tuple(patch), GAUSSIAN_SIGMA_SCALE, GAUSSIAN_VALUE_SCALING, accumulate_dtype,
+                               model.device)[region]
+    with model.lock, torch.inference_mode():
+        with STAGE_TIMER.stage("forward"):
+            features = network.features(padded[None])
+        return network.labels(features[0], region, _label_dtype(model), weights,
+                              network_stage=lambda: STAGE_TIMER.stage("forward"))
 
 
 def predict_labels(model: LoadedModel, image_xyz: np.ndarray, spacing_xyz: Sequence[float], step_size: float = 0.5,
@@ -423,16 +464,25 @@ def predict_labels(model: LoadedModel, image_xyz: np.ndarray, spacing_xyz: Seque
 
     with STAGE_TIMER.stage("preprocess"):
         data, properties = _preprocess_shared(model, image, spacing_zyx)
+    data = torch.from_numpy(data)
+    same_shape = tuple(data.shape[1:]) == tuple(properties["shape_after_cropping_and_before_resampling"])
+    labels_only = same_shape and not return_probabilities and not model.label_manager.has_regions
+    single_tile = _single_tile_network(model, data, mixed_precision, compile_mode) if labels_only else None
     with STAGE_TIMER.stage("sliding_window"):
-        logits = predict_logits(model, torch.from_numpy(data), step_size, progress=progress,
-                                accumulate_dtype=accumulate_dtype, tile_batch_size=tile_batch_size,
-                                mixed_precision=mixed_precision, compile_mode=compile_mode)
+        logits = None
+        if single_tile is not None:
+            seg = _single_tile_labels(model, single_tile, data, accumulate_dtype)
+        else:
+            logits = predict_logits(model, data, step_size, progress=progress, accumulate_dtype=accumulate_dtype,
+                                    tile_batch_size=tile_batch_size, mixed_precision=mixed_precision,
+                                    compile_mode=compile_mode)
     del data
     with STAGE_TIMER.stage("export"):
-        same_shape = tuple(logits.shape[1:]) == tuple(properties["shape_after_cropping_and_before_resampling"])
-        if same_shape and not return_probabilities and not model.label_manager.has_regions:
+        probabilities = None
+        if single_tile is not None:
+            seg_zyx = _uncropped(model, seg, properties)
+        elif labels_only:
             seg_zyx = _labels_in_place(model, logits, properties)
-            probabilities = None
         else:
             from nnunetv2.inference.export_prediction import \
                 convert_predicted_logits_to_segmentation_with_correct_shape
