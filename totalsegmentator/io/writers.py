@@ -257,25 +257,25 @@ def _deflate_tables() -> dict:
             "lit_val": np.array([v for v, _ in lit], np.uint64), "lit_bits": np.array([b for _, b in lit], np.int64)}
 
 
-def _run_tokens(values: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens (bit values, bit counts) of runs of bytes ``values`` (0/1) with ``lengths`` (>= 1): one per run.
+def _run_tokens(lengths: np.ndarray, first_value: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens (bit values, bit counts) of runs of bytes alternating between ``first_value`` (0/1) and the other
+    one, with ``lengths`` (>= 1): one token per run.
 
     A run is a literal, then matches of distance 1 in any order (each copies the same byte): the literal and the
     rest below 258 first, then the full 258-byte matches, whose codes are all 0 bits and only lengthen the token.
     """
     t = _deflate_tables()
-    rest = lengths - 1
-    full = rest // _MAX_MATCH
-    index = values * _MAX_MATCH + (rest - full * _MAX_MATCH)
-    return t["head_val"][index], t["head_bits"][index] + full * t["full_bits"]
+    full, rest = np.divmod(np.asarray(lengths, dtype=np.int64) - 1, _MAX_MATCH)
+    rest[1 - first_value::2] += _MAX_MATCH  # runs of ones take the heads of byte 1
+    val = t["head_val"][rest]
+    bits = t["head_bits"][rest]
+    bits += full * t["full_bits"]
+    return val, bits
 
 
 def _pack_bits(val: np.ndarray, bits: np.ndarray, carry: tuple[int, int]) -> tuple[bytes, tuple[int, int]]:
     """Pack tokens LSB-first after ``carry`` (value, bit count < 8 of a started byte); returns the complete bytes
     and the new carry. A token may be longer than 64 bits as long as its set bits lie in its first 41."""
-    if carry[1]:
-        val = np.concatenate([np.array([carry[0]], np.uint64), val])
-        bits = np.concatenate([np.array([carry[1]], np.int64), bits])
     if val.size == 0:
         return b"", carry
     if val.size > 1 and int(bits[0::2].max()) <= 16:  # pairs as one token: half the work below
@@ -284,17 +284,25 @@ def _pack_bits(val: np.ndarray, bits: np.ndarray, carry: tuple[int, int]) -> tup
             bits = np.append(bits, 0)
         val = val[0::2] | (val[1::2] << bits[0::2].astype(np.uint64))
         bits = bits[0::2] + bits[1::2]
-    ends = np.cumsum(bits)
-    total = int(ends[-1])
-    pos = ends - bits
+    pos = np.cumsum(bits)
+    total = int(pos[-1]) + carry[1]
+    pos -= bits
+    pos += carry[1]  # the started byte's bits come first
     word = pos >> 6
-    shift = pos & 63
+    shift = pos.view(np.uint64)  # pos is free now: its low 6 bits in place
+    shift &= np.uint64(63)
     words = np.zeros(total // 64 + 2, dtype=np.uint64)
-    starts = np.flatnonzero(np.diff(word, prepend=-1))
-    words[word[starts]] = np.bitwise_or.reduceat(val << shift.astype(np.uint64), starts)
-    spill = (shift > 0) & (val >> (64 - shift).astype(np.uint64) > 0)  # set bits crossing into the next word
-    if spill.any():
-        words[word[spill] + 1] |= val[spill] >> (64 - shift[spill]).astype(np.uint64)
+    first_of_word = np.empty(word.size, dtype=bool)
+    first_of_word[0] = True
+    np.not_equal(word[1:], word[:-1], out=first_of_word[1:])
+    starts = np.flatnonzero(first_of_word)
+    words[word[starts]] = np.bitwise_or.reduceat(val << shift, starts)
+    words[0] |= np.uint64(carry[0])
+    high = val >> (np.uint64(63) - shift)
+    high >>= np.uint64(1)  # the set bits crossing into the next word (in two steps: a shift by 64 is undefined)
+    spill = np.flatnonzero(high)
+    if spill.size:
+        words[word[spill] + 1] |= high[spill]
     data = words.astype("<u8", copy=False).view(np.uint8)
     full, rest = divmod(total, 8)
     return data[:full].tobytes(), (int(data[full]) if rest else 0, rest)
@@ -387,11 +395,18 @@ class _RunsCrc:
         bounds[1::2] = ends
         d = self.n - bounds  # not increasing: equal q form contiguous groups
         q = d >> _CRC_CHUNK_BITS
-        firsts = np.flatnonzero(np.concatenate([[True], q[1:] != q[:-1]]))
-        grouped = np.bitwise_xor.reduceat(self.low[d & self.mask], firsts)
+        first = np.empty(q.size, dtype=bool)
+        first[0] = True
+        np.not_equal(q[1:], q[:-1], out=first[1:])
+        firsts = np.flatnonzero(first)
+        d &= self.mask
+        grouped = np.bitwise_xor.reduceat(self.low[d], firsts)
+        group_q = q[firsts]
         bits = (grouped[:, None] >> self.bit_index) & np.uint64(1)
-        total = np.bitwise_xor.reduce((bits * self.ops[q[firsts]]).ravel())
-        return int(total ^ np.bitwise_xor.reduce(self.at_chunks[q]))
+        total = np.bitwise_xor.reduce((bits * self.ops[group_q]).ravel())
+        # P(q C) once per element of a group: it cancels in pairs, so a group adds it when its size is odd
+        odd = (np.diff(firsts, append=q.size) & 1).astype(bool)
+        return int(total ^ np.bitwise_xor.reduce(self.at_chunks[group_q[odd]]))
 
 
 class _MaskStream:
@@ -403,24 +418,28 @@ class _MaskStream:
         self.cursor = 0  # mask bytes encoded so far
         self.crc_ones = 0
 
-    def _runs(self, values: np.ndarray, lengths: np.ndarray) -> None:
-        keep = lengths > 0
-        data, self.carry = _pack_bits(*_run_tokens(values[keep], lengths[keep]), self.carry)
+    def _runs(self, lengths: np.ndarray, first_value: int) -> None:
+        data, self.carry = _pack_bits(*_run_tokens(lengths, first_value), self.carry)
         self.parts.append(data)
 
     def add_runs(self, starts: np.ndarray, ends: np.ndarray, crc: _RunsCrc) -> None:
         """Runs of ones ``[starts[i], ends[i])``, ascending, separated by zeros, after the previous ones."""
-        lengths = np.empty(2 * starts.size, dtype=np.int64)
-        lengths[0::2] = starts - np.concatenate([[self.cursor], ends[:-1]])
-        lengths[1::2] = ends - starts
-        values = np.zeros(lengths.size, dtype=np.int64)
-        values[1::2] = 1
-        self._runs(values, lengths)
+        if starts.size == 0:
+            return
+        lengths = np.empty(2 * starts.size, dtype=np.int64)  # zeros before each run, the run
+        lengths[0] = starts[0] - self.cursor
+        np.subtract(starts[1:], ends[:-1], out=lengths[2::2])
+        np.subtract(ends, starts, out=lengths[1::2])
+        if lengths[0] == 0:  # the ones follow the previous ones directly
+            self._runs(lengths[1:], 1)
+        else:
+            self._runs(lengths, 0)
         self.cursor = int(ends[-1])
         self.crc_ones ^= crc(starts, ends)
 
     def finish(self, n: int, crc_zeros: int, size: int) -> bytes:
-        self._runs(np.zeros(1, np.int64), np.array([n - self.cursor], np.int64))
+        if n > self.cursor:
+            self._runs(np.array([n - self.cursor], np.int64), 0)
         end_value, end_bits = _deflate_tables()["end"]
         data, (value, nbits) = _pack_bits(np.array([end_value], np.uint64), np.array([end_bits], np.int64),
                                           self.carry)
