@@ -158,22 +158,6 @@ def test_pointwise_argmax_takes_the_first_of_tied_classes_and_refuses_overflow()
         fused_unet.pointwise_argmax(features, conv, weights=torch.full((2, 2, 2), 10.0, dtype=torch.float16))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_first_maxima_equal_torch_max_with_ties_and_nan(dtype):
-    torch.manual_seed(1)
-    values = torch.randint(-3, 4, (9, 500)).to(dtype)  # many tied maxima
-    values[:, 7] = float("nan")
-    values[4, 9] = float("nan")
-    values[:, 11] = float("-inf")
-    hits = torch.empty(values.shape)
-    class_sums = torch.stack([torch.arange(9.0), torch.ones(9)])
-    indices, best = fused_unet._first_maxima(values, class_sums, hits)
-    expected = torch.max(values, 0)
-    assert torch.equal(indices.long(), expected.indices)
-    assert torch.allclose(best, expected.values, equal_nan=True)
-    assert bool(torch.isnan(best[7])) and bool(torch.isnan(best[9]))
-
-
 def test_fused_labels_equal_the_argmax_of_the_fused_logits():
     net = plain_unet(num_classes=7, seed=5)
     forward = fused_forward(net)

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .argmax import class_sum_rows, first_maxima
+
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -246,8 +248,7 @@ def pointwise_argmax(features: torch.Tensor, conv: nn.Module, dtype: torch.dtype
     logits = features.new_empty((conv.out_channels, chunk))
     hits = features.new_empty((conv.out_channels, chunk))
     # rows: the class numbers, ones; times the 0/1 maxima map of a chunk: each voxel's class sum and count
-    class_sums = torch.stack([torch.arange(conv.out_channels, dtype=features.dtype),
-                              torch.ones(conv.out_channels, dtype=features.dtype)])
+    class_sums = class_sum_rows(conv.out_channels, features.dtype)
     stage = network_stage or contextlib.nullcontext
     for i in range(flat_out.shape[0]):
         plane = features[:, i].reshape(conv.in_channels, -1)  # a copy when the region is not contiguous
@@ -263,26 +264,11 @@ def pointwise_argmax(features: torch.Tensor, conv: nn.Module, dtype: torch.dtype
             if weights is not None:
                 w = weights[i, start:start + n]
                 values = values.mul_(w).to(w.dtype).div_(w)
-            flat_out[i, start:start + n], best = _first_maxima(values, class_sums, hits[:, :n])
+            flat_out[i, start:start + n], best = first_maxima(values, class_sums, hits[:, :n])
             if weights is not None and not bool(torch.isfinite(best).all()):
                 raise RuntimeError(f"the {weights.dtype} logit accumulator overflowed; "
                                    "predict with accumulate_dtype=torch.float32")
     return out
-
-
-def _first_maxima(values: torch.Tensor, class_sums: torch.Tensor, hits: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.max(values, 0)`` as (indices, maxima), 2-3x faster for many classes: the maxima come from
-    ``amax``, the class of a voxel's single maximum from one small matrix product (``class_sums`` @ the 0/1
-    map ``hits``, a float buffer of ``values``' shape); voxels with tied or NaN maxima go through torch.max."""
-    best = torch.amax(values, 0)
-    torch.ge(values, best, out=hits)
-    found = class_sums @ hits
-    indices, count = found[0], found[1]
-    tied = count != 1
-    if bool(tied.any()):
-        indices[tied] = torch.max(values[:, tied], 0).indices.to(indices.dtype)
-    return indices, best
 
 
 def fused_forward(network: nn.Module) -> FusedUNet | None:

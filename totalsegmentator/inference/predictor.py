@@ -28,7 +28,8 @@ Speed without changing a single logit (each checked against nnU-Net in the tests
 * an image within one tile gets its accumulator from that tile instead of zeros + tile (same rounding);
   when only its labels are wanted (one fold, float32 on the CPU), the head and the argmax run plane by plane
   with the same weighting and rounding (``FusedUNet.labels``): the tile's logits (~1 GB) are never written;
-* the float16 overflow check is one min/max reduction, and the argmax is ``torch.max(..).indices``.
+* the float16 overflow check is one min/max reduction; the argmax is ``argmax.first_max_indices`` (on the
+  CPU 2-3x faster than ``torch.max(..).indices``, the same indices).
 
 ``mixed_precision`` (or the environment variable ``TOTALSEG_PRECISION``) runs the network in bfloat16/float16
 when asked; the default is nnU-Net's choice of type (float32 on the CPU, float16 autocast on CUDA). Float32 on
@@ -56,6 +57,7 @@ from tqdm import tqdm
 from ..errors import InputImageError
 from ..options import PRECISION_ENV, PRECISIONS
 from ..timing import StageTimer
+from .argmax import first_max_indices
 from .compile import network_runner, wants_compile
 from .fused_unet import FusedUNet, fused_forward
 from .model import LoadedModel
@@ -402,8 +404,7 @@ def _uncropped(model: LoadedModel, seg: torch.Tensor, properties: dict) -> np.nd
 
 def _labels_in_place(model: LoadedModel, logits: torch.Tensor, properties: dict) -> np.ndarray:
     """Argmax on the logits' own device, then nnU-Net's uncrop and transpose (no resampling needed here)."""
-    # torch.max over the class axis gives argmax's indices (first maximum on ties) about 3x faster on the CPU
-    return _uncropped(model, torch.max(logits, 0).indices.to(_label_dtype(model)), properties)
+    return _uncropped(model, first_max_indices(logits, _label_dtype(model)), properties)
 
 
 def _single_tile_network(model: LoadedModel, data: torch.Tensor, mixed_precision: bool | str | None,
