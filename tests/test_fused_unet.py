@@ -178,6 +178,8 @@ def test_fused_labels_equal_the_argmax_of_the_fused_logits():
         logits = forward(x)[0][(slice(None), *region)]
         labels = forward.labels(forward.features(x)[0], region, weights=weights)
     assert torch.equal(labels.long(), _weighted_argmax(logits, weights))
+    with pytest.raises(RuntimeError, match="overflowed"), torch.inference_mode():
+        forward.labels(forward.features(x)[0] * 1e5, region, weights=torch.full_like(weights, 10.0))
 
 
 def test_instance_norm_in_place_matches_float64():

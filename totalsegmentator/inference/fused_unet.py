@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .argmax import class_sum_rows, first_maxima
+from .argmax import class_sum_rows, first_max_indices, first_maxima
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
@@ -220,7 +220,9 @@ class FusedUNet:
                 logits = self._head(features[None])[0][(slice(None), *region)]
             if weights is not None:
                 logits = logits.mul_(weights).to(weights.dtype).div_(weights)
-            return torch.max(logits, 0).indices.to(dtype)
+                if not bool(torch.isfinite(torch.amax(logits, 0)).all()):
+                    raise _overflow(weights.dtype)
+            return first_max_indices(logits, dtype)
         return pointwise_argmax(features[(slice(None), *region)], self._head, dtype, weights, network_stage)
 
 
@@ -247,7 +249,6 @@ def pointwise_argmax(features: torch.Tensor, conv: nn.Module, dtype: torch.dtype
     chunk = min(HEAD_CHUNK_VOXELS, flat_out.shape[1])
     logits = features.new_empty((conv.out_channels, chunk))
     hits = features.new_empty((conv.out_channels, chunk))
-    # rows: the class numbers, ones; times the 0/1 maxima map of a chunk: each voxel's class sum and count
     class_sums = class_sum_rows(conv.out_channels, features.dtype)
     stage = network_stage or contextlib.nullcontext
     for i in range(flat_out.shape[0]):
@@ -266,9 +267,12 @@ def pointwise_argmax(features: torch.Tensor, conv: nn.Module, dtype: torch.dtype
                 values = values.mul_(w).to(w.dtype).div_(w)
             flat_out[i, start:start + n], best = first_maxima(values, class_sums, hits[:, :n])
             if weights is not None and not bool(torch.isfinite(best).all()):
-                raise RuntimeError(f"the {weights.dtype} logit accumulator overflowed; "
-                                   "predict with accumulate_dtype=torch.float32")
+                raise _overflow(weights.dtype)
     return out
+
+
+def _overflow(dtype: torch.dtype) -> RuntimeError:
+    return RuntimeError(f"the {dtype} logit accumulator overflowed; predict with accumulate_dtype=torch.float32")
 
 
 def fused_forward(network: nn.Module) -> FusedUNet | None:
