@@ -10,8 +10,8 @@ about a quarter of its time outside the 3x3x3 convolutions, at full resolution. 
 * transposed convolutions whose kernel equals their stride (all of nnU-Net's) are one matrix product plus one
   rearranging copy, written straight into the buffer of the skip concatenation (no ``torch.cat`` copy);
 * 1x1x1 convolutions (the segmentation head) are one matrix product; when only the labels are wanted
-  (``FusedUNet.labels``), the head and the argmax run together a few thousand voxels at a time, so the logits of
-  the whole tile are never written;
+  (``FusedUNet.labels``), the head and the argmax run together one plane at a time, so the logits of the whole
+  tile are never written;
 * skip tensors are released as soon as the decoder has used them (lower peak memory).
 
 3x3x3 convolutions stay PyTorch's (oneDNN). Anything that does not match the expected layout (residual
@@ -219,9 +219,8 @@ class FusedUNet:
             with (network_stage or contextlib.nullcontext)():
                 logits = self._head(features[None])[0][(slice(None), *region)]
             if weights is not None:
-                logits = logits.mul_(weights).to(weights.dtype).div_(weights)
-                if not bool(torch.isfinite(torch.amax(logits, 0)).all()):
-                    raise _overflow(weights.dtype)
+                logits = _as_accumulated(logits, weights)
+                _check_finite(torch.amax(logits, 0), weights.dtype)
             return first_max_indices(logits, dtype)
         return pointwise_argmax(features[(slice(None), *region)], self._head, dtype, weights, network_stage)
 
@@ -263,16 +262,22 @@ def pointwise_argmax(features: torch.Tensor, conv: nn.Module, dtype: torch.dtype
                 else:
                     torch.mm(weight, part, out=values)
             if weights is not None:
-                w = weights[i, start:start + n]
-                values = values.mul_(w).to(w.dtype).div_(w)
+                values = _as_accumulated(values, weights[i, start:start + n])
             flat_out[i, start:start + n], best = first_maxima(values, class_sums, hits[:, :n])
-            if weights is not None and not bool(torch.isfinite(best).all()):
-                raise _overflow(weights.dtype)
+            if weights is not None:
+                _check_finite(best, weights.dtype)
     return out
 
 
-def _overflow(dtype: torch.dtype) -> RuntimeError:
-    return RuntimeError(f"the {dtype} logit accumulator overflowed; predict with accumulate_dtype=torch.float32")
+def _as_accumulated(logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``logits * weights`` rounded to the weights' type and divided by them (in place where the type allows):
+    what a sliding window of a single tile stores in its accumulator."""
+    return logits.mul_(weights).to(weights.dtype).div_(weights)
+
+
+def _check_finite(maxima: torch.Tensor, dtype: torch.dtype) -> None:
+    if not bool(torch.isfinite(maxima).all()):
+        raise RuntimeError(f"the {dtype} logit accumulator overflowed; predict with accumulate_dtype=torch.float32")
 
 
 def fused_forward(network: nn.Module) -> FusedUNet | None:

@@ -494,7 +494,7 @@ def predict_labels(model: LoadedModel, image_xyz: np.ndarray, spacing_xyz: Seque
             seg_zyx, probabilities = result if return_probabilities else (result, None)
         del logits
         seg_zyx = np.asarray(seg_zyx)
-        if seg_zyx.dtype != np.uint8 and len(model.label_manager.foreground_labels) < 255:
+        if seg_zyx.dtype != np.uint8 and _label_dtype(model) == torch.uint8:
             seg_zyx = seg_zyx.astype(np.uint8)
         labels_xyz = np.ascontiguousarray(seg_zyx.transpose(2, 1, 0))
     if return_probabilities:

@@ -273,6 +273,14 @@ def _run_tokens(lengths: np.ndarray, first_value: int) -> tuple[np.ndarray, np.n
     return val, bits
 
 
+def _group_starts(keys: np.ndarray) -> np.ndarray:
+    """Indices where a group of equal consecutive ``keys`` (non-empty) begins, for ``ufunc.reduceat``."""
+    first = np.empty(keys.size, dtype=bool)
+    first[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=first[1:])
+    return np.flatnonzero(first)
+
+
 def _pack_bits(val: np.ndarray, bits: np.ndarray, carry: tuple[int, int]) -> tuple[bytes, tuple[int, int]]:
     """Pack tokens LSB-first after ``carry`` (value, bit count < 8 of a started byte); returns the complete bytes
     and the new carry. A token may be longer than 64 bits as long as its set bits lie in its first 41."""
@@ -292,10 +300,7 @@ def _pack_bits(val: np.ndarray, bits: np.ndarray, carry: tuple[int, int]) -> tup
     shift = pos.view(np.uint64)  # pos is free now: its low 6 bits in place
     shift &= np.uint64(63)
     words = np.zeros(total // 64 + 2, dtype=np.uint64)
-    first_of_word = np.empty(word.size, dtype=bool)
-    first_of_word[0] = True
-    np.not_equal(word[1:], word[:-1], out=first_of_word[1:])
-    starts = np.flatnonzero(first_of_word)
+    starts = _group_starts(word)
     words[word[starts]] = np.bitwise_or.reduceat(val << shift, starts)
     words[0] |= np.uint64(carry[0])
     high = val >> (np.uint64(63) - shift)
@@ -395,10 +400,7 @@ class _RunsCrc:
         bounds[1::2] = ends
         d = self.n - bounds  # not increasing: equal q form contiguous groups
         q = d >> _CRC_CHUNK_BITS
-        first = np.empty(q.size, dtype=bool)
-        first[0] = True
-        np.not_equal(q[1:], q[:-1], out=first[1:])
-        firsts = np.flatnonzero(first)
+        firsts = _group_starts(q)
         d &= self.mask
         grouped = np.bitwise_xor.reduceat(self.low[d], firsts)
         group_q = q[firsts]
