@@ -1,10 +1,11 @@
-"""The class of each voxel by amax and a matrix product, against torch.max (ties, NaN, dtypes)."""
+"""The class of each voxel by amax and a matrix product, against torch.max (ties, NaN, dtypes, rounding)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from totalsegmentator.inference.argmax import class_sum_rows, first_max_indices, first_maxima
+from totalsegmentator.inference.argmax import (accumulated_first_maxima, as_accumulated, class_sum_rows,
+                                               first_max_indices, first_maxima)
 
 
 def tied_values(dtype: torch.dtype, shape=(9, 500)) -> torch.Tensor:
@@ -37,3 +38,45 @@ def test_first_max_indices_of_a_volume(dtype, out_dtype):
     smooth = torch.randn(12, 5, 6, 7)  # no ties: every voxel through the matrix product
     assert torch.equal(first_max_indices(smooth).long(), smooth.argmax(0))
     assert first_max_indices(torch.empty(3, 0, 4)).shape == (0, 4)
+
+
+def near_ties(seed: int, classes: int = 7, voxels: int = 4000) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 values whose classes differ from the largest by a few float16 last places (some tie after the
+    accumulator's rounding, some do not), over weights from Gaussian-like 10 down to float16 subnormals."""
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.pow(10.0, torch.empty(voxels).uniform_(-9, 4, generator=g))  # also subnormal products
+    base = torch.randn(voxels, generator=g) * scale
+    steps = torch.randint(-6, 1, (classes, voxels), generator=g).float() * torch.rand((classes, voxels), generator=g)
+    values = base * (1 + steps * 2.0 ** -11) + steps * 2.0 ** -26
+    far = torch.rand((classes, voxels), generator=g) < 0.3
+    values[far] -= 100 * scale.expand(classes, voxels)[far]
+    weights = torch.pow(10.0, torch.empty(voxels).uniform_(-7.3, 1, generator=g))
+    return values, weights
+
+
+@pytest.mark.parametrize("weights_dtype", [torch.float16, torch.float32])
+def test_accumulated_first_maxima_round_as_the_accumulator(weights_dtype):
+    for seed in range(5):
+        values, weights = near_ties(seed)
+        weights = weights.to(weights_dtype)
+        zero = weights == 0
+        weights[zero] = weights[~zero].min()
+        values[:, 5] = float("nan")
+        values[2, 6] = float("-inf")
+        values[:, 8] = -1e6  # all beyond float16 after weighting: a tie at -inf (the first class) ...
+        values[3, 8] = -1e4  # ... though one is larger before rounding
+        weights[8] = 10
+        kept = values.clone()
+        hits = torch.empty(values.shape)
+        indices, best = accumulated_first_maxima(values, weights, class_sum_rows(values.shape[0]), hits)
+        assert torch.equal(values, kept) or torch.equal(torch.nan_to_num(values), torch.nan_to_num(kept))
+        rounded = as_accumulated(kept.clone(), weights)
+        expected = torch.max(rounded, 0)
+        assert torch.equal(indices.long(), expected.indices)
+        assert torch.equal(torch.nan_to_num(best), torch.nan_to_num(expected.values))
+        assert int(indices[6]) != 2
+        assert int(indices[8]) == (0 if weights_dtype == torch.float16 else 3)
+    # the rounding matters: the float32 argmax differs from the accumulator's on some voxels
+    values, weights = near_ties(0)
+    rounded = as_accumulated(values.clone(), weights.to(torch.float16))
+    assert bool((torch.max(rounded, 0).indices != values.argmax(0)).any())

@@ -129,15 +129,18 @@ def test_pointwise_argmax_is_the_argmax_of_the_head(monkeypatch, bias, dims, chu
     conv = (nn.Conv3d if dims == 3 else nn.Conv2d)(6, 9, 1, bias=bias)
     spatial = (11, 9, 10)[:dims]
     features = torch.randn(6, *spatial)
-    region = (slice(1, 10), slice(2, 8), slice(0, 7))[:dims]  # not contiguous: planes are copied
+    region = (slice(1, 10), slice(2, 8), slice(0, 7))[:dims]
     weights = None
     if weights_dtype is not None:
-        weights = (torch.rand(spatial) * 10 + 1e-3).to(weights_dtype)[region]
+        weights = (torch.rand(spatial) * 10 + 1e-3).to(weights_dtype)
     with torch.inference_mode():
-        logits = fused_unet._pointwise_conv(features[None], conv)[0][(slice(None), *region)]
-        labels = fused_unet.pointwise_argmax(features[(slice(None), *region)], conv, torch.int16, weights)
-    assert labels.dtype == torch.int16 and labels.shape == logits.shape[1:]
-    assert torch.equal(labels.long(), _weighted_argmax(logits, weights))
+        logits = fused_unet._pointwise_conv(features[None], conv)[0]
+        labels = fused_unet.pointwise_argmax(features, conv, torch.int16, weights, region=region)
+        whole = fused_unet.pointwise_argmax(features, conv, torch.int16, weights)
+    assert labels.dtype == torch.int16 and labels.shape == logits[(slice(None), *region)].shape[1:]
+    expected = _weighted_argmax(logits, weights)
+    assert torch.equal(whole.long(), expected)
+    assert torch.equal(labels.long(), expected[region])
     assert len(torch.unique(labels)) > 3
 
 
@@ -163,13 +166,13 @@ def test_fused_labels_equal_the_argmax_of_the_fused_logits():
     forward = fused_forward(net)
     x = torch.randn(1, 1, 24, 20, 16)
     region = (slice(2, 22), slice(0, 17), slice(3, 16))
-    weights = (torch.rand(24, 20, 16) * 10 + 0.01).to(torch.float16)[region]
+    weights = (torch.rand(24, 20, 16) * 10 + 0.01).to(torch.float16)
     with torch.inference_mode():
         logits = forward(x)[0][(slice(None), *region)]
         features = forward.features(x)
         labels = forward.labels(features[0], region, weights=weights)
         unweighted = forward.labels(features[0], region)
-    assert torch.equal(labels.long(), _weighted_argmax(logits, weights))
+    assert torch.equal(labels.long(), _weighted_argmax(logits, weights[region]))
     assert torch.equal(unweighted.long(), logits.argmax(0))
     # a head that is not 1x1x1 takes the plain way
     net.decoder.seg_layers[-1] = nn.Conv3d(4, 7, 3, padding=1)
@@ -177,7 +180,7 @@ def test_fused_labels_equal_the_argmax_of_the_fused_logits():
     with torch.inference_mode():
         logits = forward(x)[0][(slice(None), *region)]
         labels = forward.labels(forward.features(x)[0], region, weights=weights)
-    assert torch.equal(labels.long(), _weighted_argmax(logits, weights))
+    assert torch.equal(labels.long(), _weighted_argmax(logits, weights[region]))
     with pytest.raises(RuntimeError, match="overflowed"), torch.inference_mode():
         forward.labels(forward.features(x)[0] * 1e5, region, weights=torch.full_like(weights, 10.0))
 

@@ -32,6 +32,40 @@ def first_maxima(values: torch.Tensor, class_sums: torch.Tensor, hits: torch.Ten
     return indices, best
 
 
+def as_accumulated(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``values * weights`` rounded to the weights' type and divided by them (in place where the type allows):
+    what the accumulator of a sliding window holds where a single tile covers a voxel."""
+    return values.mul_(weights).to(weights.dtype).div_(weights)
+
+
+def accumulated_first_maxima(values: torch.Tensor, weights: torch.Tensor, class_sums: torch.Tensor,
+                             hits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``first_maxima(as_accumulated(values, weights))`` for float32 ``values`` (classes, voxels) and positive
+    ``weights`` (voxels), without rounding every class: (indices, accumulated maxima). ``values`` is left as it is.
+
+    Rounding is monotonic, so the accumulated maximum is that of the largest value, and a class can only tie
+    with it after rounding when its value lies within a few units of the accumulator's last place of the
+    largest one (``tolerance``, in value units also where the products are subnormal). Voxels with one class
+    within that distance take it; the others (near ties, NaN, maxima beyond the accumulator's range) are
+    rounded class by class as the accumulator would and go through ``torch.max``."""
+    best = torch.amax(values, 0)
+    accumulated_best = as_accumulated(best.clone(), weights)
+    info = torch.finfo(weights.dtype)
+    # twice the bound: 2 last places of the largest value (one rounding of the product, one of the quotient),
+    # plus those of the subnormals (of the quotient, and of the product / weight); never below float32's
+    # smallest normal number (no subnormal arithmetic needed)
+    tolerance = torch.reciprocal(weights.float()).add_(1).mul_(4 * info.tiny * info.eps)
+    tolerance.clamp_(min=torch.finfo(torch.float32).tiny).add_(torch.abs(best).mul_(4 * info.eps))
+    torch.ge(values, best.sub_(tolerance), out=hits)
+    found = class_sums @ hits
+    indices, count = found[0], found[1]
+    unsure = torch.nonzero((count != 1) | ~torch.isfinite(accumulated_best)).view(-1)  # -inf: all tie
+    if unsure.numel():
+        columns = as_accumulated(values.index_select(1, unsure), weights.index_select(0, unsure))
+        indices.index_copy_(0, unsure, torch.max(columns, 0).indices.to(indices.dtype))
+    return indices, accumulated_best
+
+
 def first_max_indices(values: torch.Tensor, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
     """``torch.max(values, 0).indices`` as ``dtype`` for values (classes, *spatial), one slice of the first
     spatial axis at a time (small temporaries); on other devices than the CPU it is ``torch.max`` itself."""

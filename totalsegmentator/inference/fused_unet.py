@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .argmax import class_sum_rows, first_max_indices, first_maxima
+from .argmax import accumulated_first_maxima, as_accumulated, class_sum_rows, first_max_indices, first_maxima
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
@@ -213,66 +213,82 @@ class FusedUNet:
                weights: torch.Tensor | None = None, network_stage: Callable[[], ContextManager] | None = None
                ) -> torch.Tensor:
         """Argmax over the classes of the head's logits inside ``region`` (spatial slices) of one sample's
-        ``features`` (channels, *spatial), as ``dtype``; ``weights`` and ``network_stage`` as in
-        ``pointwise_argmax``."""
+        ``features`` (channels, *spatial), as ``dtype``; ``weights`` (the features' spatial shape) and
+        ``network_stage`` as in ``pointwise_argmax``."""
         if not _is_pointwise(self._head):
             with (network_stage or contextlib.nullcontext)():
                 logits = self._head(features[None])[0][(slice(None), *region)]
             if weights is not None:
-                logits = _as_accumulated(logits, weights)
+                weights = weights[region]
+                logits = as_accumulated(logits, weights)
                 _check_finite(torch.amax(logits, 0), weights.dtype)
             return first_max_indices(logits, dtype)
-        return pointwise_argmax(features[(slice(None), *region)], self._head, dtype, weights, network_stage)
+        return pointwise_argmax(features, self._head, dtype, weights, network_stage, region)
+
+
+def _plane_span(shape: tuple[int, ...], region: tuple[slice, ...]) -> tuple[int, int]:
+    """First and one-past-last flat index (C order) of the voxels of ``region`` in an array of ``shape``."""
+    first = last = 0
+    for n, part in zip(shape, region):
+        first = first * n + part.start
+        last = last * n + part.stop - 1
+    return first, last + 1
 
 
 def pointwise_argmax(features: torch.Tensor, conv: nn.Module, dtype: torch.dtype = torch.uint8,
-                     weights: torch.Tensor | None = None, network_stage: Callable[[], ContextManager] | None = None
-                     ) -> torch.Tensor:
-    """``argmax(conv(features), 0)`` for a 1x1x1 convolution ``conv`` and features (channels, *spatial), one
-    plane (or ``HEAD_CHUNK_VOXELS``) at a time: a chunk's logits stay in the cache, those of the whole volume
+                     weights: torch.Tensor | None = None, network_stage: Callable[[], ContextManager] | None = None,
+                     region: tuple[slice, ...] | None = None) -> torch.Tensor:
+    """``argmax(conv(features), 0)[region]`` for a 1x1x1 convolution ``conv`` and features (channels, *spatial),
+    one plane (or ``HEAD_CHUNK_VOXELS``) at a time: a chunk's logits stay in the cache, those of the whole volume
     (classes x voxels float32, ~1 GB for 118 classes and a 128^3 tile) are never written. Per voxel the same
-    float32 sums as ``_pointwise_conv``, and ties go to the first class, as ``argmax``.
+    float32 sums as ``_pointwise_conv``, and ties go to the first class, as ``argmax``. ``region`` (spatial
+    slices with steps of 1; default all) is what is returned; each plane's head runs on the stretch of voxels
+    from the region's first to its last one in memory (no copy of the features; a few voxels more).
 
-    With ``weights`` (the features' spatial shape) the argmax is taken of ``(logits * weights)`` rounded to
-    ``weights.dtype`` and divided by ``weights``, operation by operation what a Gaussian-weighted sliding window
-    of a single tile stores; a non-finite maximum (float16 overflow) raises RuntimeError. ``network_stage``
-    (e.g. a stage timer's) is entered around the matrix products, the network's own share of the work."""
-    weight = conv.weight.view(conv.out_channels, conv.in_channels)
-    bias = None if conv.bias is None else conv.bias.unsqueeze(1)
-    out = torch.empty(features.shape[1:], dtype=dtype)
+    With ``weights`` (the features' spatial shape, positive) the argmax is taken of ``(logits * weights)``
+    rounded to ``weights.dtype`` and divided by ``weights``, what a Gaussian-weighted sliding window of a single
+    tile stores (``accumulated_first_maxima``); a non-finite maximum (float16 overflow) raises RuntimeError.
+    ``network_stage`` (e.g. a stage timer's) is entered around the matrix products, the network's own share."""
+    spatial = tuple(features.shape[1:])
+    region = tuple(slice(*part.indices(n)) for part, n in zip(region or (), spatial))
+    region += tuple(slice(0, n, 1) for n in spatial[len(region):])
+    if any(part.step != 1 for part in region):
+        raise ValueError("region slices must have steps of 1")
+    out = torch.empty([part.stop - part.start for part in region], dtype=dtype)
     if out.numel() == 0:
         return out
-    flat_out = out.view(features.shape[1], -1)
+    features = features.contiguous()
+    weight = conv.weight.view(conv.out_channels, conv.in_channels)
+    bias = None if conv.bias is None else conv.bias.unsqueeze(1)
+    plane_shape, plane_region = spatial[1:], region[1:]
+    first, stop = _plane_span(plane_shape, plane_region)
+    span = torch.empty(math.prod(plane_shape), dtype=dtype)  # a plane's labels; outside the stretch unused
+    span_in_region = span.view(plane_shape)[plane_region]
     if weights is not None:
-        weights = weights.reshape(flat_out.shape)  # a copy when not contiguous; small next to the features
-    chunk = min(HEAD_CHUNK_VOXELS, flat_out.shape[1])
+        weights = weights.reshape(spatial[0], -1)
+    chunk = min(HEAD_CHUNK_VOXELS, stop - first)
     logits = features.new_empty((conv.out_channels, chunk))
     hits = features.new_empty((conv.out_channels, chunk))
     class_sums = class_sum_rows(conv.out_channels, features.dtype)
     stage = network_stage or contextlib.nullcontext
-    for i in range(flat_out.shape[0]):
-        plane = features[:, i].reshape(conv.in_channels, -1)  # a copy when the region is not contiguous
-        for start in range(0, plane.shape[1], chunk):
-            part = plane[:, start:start + chunk]
-            n = part.shape[1]
+    for i, z in enumerate(range(region[0].start, region[0].stop)):
+        plane = features[:, z].reshape(conv.in_channels, -1)  # a view: features are contiguous
+        for start in range(first, stop, chunk):
+            n = min(chunk, stop - start)
             values = logits[:, :n]
             with stage():
                 if bias is not None:
-                    torch.addmm(bias, weight, part, out=values)
+                    torch.addmm(bias, weight, plane[:, start:start + n], out=values)
                 else:
-                    torch.mm(weight, part, out=values)
+                    torch.mm(weight, plane[:, start:start + n], out=values)
             if weights is not None:
-                values = _as_accumulated(values, weights[i, start:start + n])
-            flat_out[i, start:start + n], best = first_maxima(values, class_sums, hits[:, :n])
-            if weights is not None:
+                span[start:start + n], best = accumulated_first_maxima(values, weights[z, start:start + n],
+                                                                       class_sums, hits[:, :n])
                 _check_finite(best, weights.dtype)
+            else:
+                span[start:start + n] = first_maxima(values, class_sums, hits[:, :n])[0]
+        out[i] = span_in_region
     return out
-
-
-def _as_accumulated(logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``logits * weights`` rounded to the weights' type and divided by them (in place where the type allows):
-    what a sliding window of a single tile stores in its accumulator."""
-    return logits.mul_(weights).to(weights.dtype).div_(weights)
 
 
 def _check_finite(maxima: torch.Tensor, dtype: torch.dtype) -> None:

@@ -430,7 +430,7 @@ def _single_tile_labels(model: LoadedModel, network: FusedUNet, data: torch.Tens
     padded, revert_padding = pad_nd_image(data, patch, "constant", {"value": 0}, True, None)
     region = tuple(revert_padding[1:])
     weights = gaussian_weights(tuple(patch), GAUSSIAN_SIGMA_SCALE, GAUSSIAN_VALUE_SCALING, accumulate_dtype,
-                               model.device)[region]
+                               model.device)
     with model.lock, torch.inference_mode():
         with STAGE_TIMER.stage("forward"):
             features = network.features(padded[None])
