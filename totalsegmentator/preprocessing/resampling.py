@@ -9,9 +9,12 @@
 * :func:`resample_labels_legacy`: ``--higher_order_resampling_LEGACY`` (one-hot per label within its bbox,
   interpolation with pixel-centre alignment, >= 0.5, ascending labels overwrite).
 
-Threads: orders 0 and 1 split the output into slabs along the first axis, each computed by the same scipy
-kernel (zoom with an integer shift, which reproduces the coordinates ``k * zoom`` bit for bit); tests check
-equality with a single ``ndimage.zoom`` call. Higher orders (global spline prefilter) stay single-threaded.
+Order 1 (the default, ``mode="nearest"``, float output) is computed with numpy by the same float64 arithmetic
+as scipy's kernel, corner by corner over slabs of output planes (2-4x faster than scipy on one thread, and
+threaded); order 0 splits the output into slabs along the first axis, each computed by the same scipy kernel
+(zoom with an integer shift, which reproduces the coordinates ``k * zoom`` bit for bit). Tests check equality
+with a single ``ndimage.zoom`` call, bit for bit. Higher orders (global spline prefilter) stay scipy's, on one
+thread.
 """
 from __future__ import annotations
 
@@ -20,6 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy import ndimage
+
+# output voxels per slab of the order-1 zoom: its float64 temporaries stay in the cache
+_SLAB_VOXELS = 100_000
 
 
 def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
@@ -75,6 +81,8 @@ def zoom_image(data: np.ndarray, zoom: Sequence[float], order: int = 1, threads:
     out_dtype = np.dtype(data.dtype if output is None else output)
     out_shape = zoom_output_shape(data.shape, zoom)
     threads = max(1, int(threads))
+    if order == 1 and mode == "nearest" and data.ndim == 3 and out_dtype.kind == "f" and min(out_shape) > 0:
+        return _linear_zoom(data, out_shape, out_dtype, threads)
     if threads == 1 or order > 1 or data.ndim != 3 or out_shape[0] < 2 * threads:
         return ndimage.zoom(data, zoom, output=out_dtype, order=order, mode=mode)
     scale = _effective_zoom(data.shape, out_shape)
@@ -95,6 +103,70 @@ def zoom_image(data: np.ndarray, zoom: Sequence[float], order: int = 1, threads:
     with ThreadPoolExecutor(max_workers=len(slabs)) as pool:
         list(pool.map(run, range(len(slabs))))
     return result
+
+
+def _linear_taps(n_in: int, n_out: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Both input indices and weights of every output index along one axis, as scipy's order-1 zoom with
+    ``mode="nearest"`` computes them: coordinate ``k * scale`` (which rounding may put a hair beyond the last
+    voxel), weights ``1 - frac`` and ``1 - (1 - frac)``, neighbours beyond the edge replaced by the last voxel."""
+    coords = np.arange(n_out, dtype=np.float64) * _effective_zoom([n_in], [n_out])[0]
+    low = np.floor(coords)
+    first = 1.0 - (coords - low)
+    i0 = np.minimum(low.astype(np.int64), n_in - 1)
+    return (i0, np.minimum(i0 + 1, n_in - 1)), (first, 1.0 - first)
+
+
+def _linear_zoom(data: np.ndarray, out_shape: tuple[int, ...], out_dtype: np.dtype, threads: int) -> np.ndarray:
+    """``ndimage.zoom(data, order=1, mode="nearest")`` of a 3-D array, bit for bit, 2-4x faster.
+
+    scipy sums, for each output voxel, the eight corners ``((value * w0) * w1) * w2`` in the order of the
+    corners (axis 0 slowest) in float64; so does this, for slabs of output planes along the input's slowest
+    axis (gathers of whole rows, products in the cache), several slabs at a time with ``threads``."""
+    taps = [_linear_taps(n_in, n_out) for n_in, n_out in zip(data.shape, out_shape)]
+    axes = sorted(range(3), key=lambda a: -abs(data.strides[a]))  # slab axis, row axis, innermost axis
+    view = data.transpose(axes)
+    out = np.empty(out_shape, dtype=out_dtype)
+    out_view = out.transpose(axes)
+    slab_axis, row_axis, inner_axis = axes
+    # weights as columns of the slab's layout, by original axis
+    shapes = {slab_axis: (-1, 1, 1), row_axis: (1, -1, 1), inner_axis: (1, 1, -1)}
+    corners = [(a, b, c) for a in range(2) for b in range(2) for c in range(2)]  # scipy's order, axis 0 slowest
+    planes = max(1, _SLAB_VOXELS // max(1, out_shape[row_axis] * out_shape[inner_axis]))
+
+    def corner_sums(rows: dict, weights: list, total: np.ndarray, term: np.ndarray) -> None:
+        for n, corner in enumerate(corners):
+            values = rows[corner[slab_axis], corner[row_axis]][:, :, taps[inner_axis][0][corner[inner_axis]]]
+            for axis in range(3):
+                w = weights[axis][corner[axis]].reshape(shapes[axis])
+                if axis == 0:
+                    np.multiply(values, w, out=term)
+                else:
+                    term *= w
+            if n == 0:
+                np.add(term, 0.0, out=total)  # scipy starts from 0.0 (so -0.0 becomes 0.0)
+            else:
+                total += term
+
+    def slab(k0: int) -> None:
+        k1 = min(k0 + planes, out_shape[slab_axis])
+        rows = {(s, r): view[taps[slab_axis][0][s][k0:k1, None], taps[row_axis][0][r][None, :]]
+                for s in range(2) for r in range(2)}
+        weights = [[taps[axis][1][t][k0:k1] if axis == slab_axis else taps[axis][1][t] for t in range(2)]
+                   for axis in range(3)]
+        total = np.empty((k1 - k0, out_shape[row_axis], out_shape[inner_axis]))
+        term = np.empty_like(total)
+        with np.errstate(invalid="ignore", over="ignore"):  # inf * 0 is NaN in scipy too, silently
+            corner_sums(rows, weights, total, term)
+        out_view[k0:k1] = total
+
+    starts = range(0, out_shape[slab_axis], planes)
+    if threads > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(max_workers=min(threads, len(starts))) as pool:
+            list(pool.map(slab, starts))
+    else:
+        for k0 in starts:
+            slab(k0)
+    return out
 
 
 def _exact_offset(start: int, scale: float) -> float | None:
