@@ -258,15 +258,20 @@ def gzip_impl(request, monkeypatch):
 
 
 @pytest.mark.parametrize("in_memory", [True, False])
-@pytest.mark.parametrize("klass", [nib.Nifti1Image, nib.Nifti2Image])
-def test_gzip_implementations_read_and_write_the_same(tmp_path, klass, in_memory, monkeypatch):
+@pytest.mark.parametrize("klass, scaled, dtype", [
+    (nib.Nifti1Image, True, "<i2"), (nib.Nifti2Image, True, "<i2"),
+    (nib.Nifti1Image, False, "<i2"), (nib.Nifti1Image, False, ">f4"),
+])
+def test_gzip_implementations_read_and_write_the_same(tmp_path, klass, scaled, dtype, in_memory, monkeypatch):
     from totalsegmentator.io import nifti
 
     if not in_memory:
         monkeypatch.setattr(nifti, "IN_MEMORY_GZIP_BYTES", 0)
-    data = np.random.default_rng(3).integers(-1024, 3000, size=(30, 20, 10)).astype(np.int16)
+    data = np.random.default_rng(3).integers(-1024, 3000, size=(30, 20, 10)).astype(dtype)
     img = klass(data, AFFINE)
-    img.header.set_slope_inter(0.5, -10)
+    img.set_data_dtype(np.dtype(dtype))
+    if scaled:
+        img.header.set_slope_inter(0.5, -10)
     img.header.extensions.append(Nifti1Extension(6, b"a comment"))
     path = tmp_path / "in.nii.gz"
     nib.save(img, path)
@@ -278,6 +283,10 @@ def test_gzip_implementations_read_and_write_the_same(tmp_path, klass, in_memory
     slow = load_input_image(path)
     np.testing.assert_array_equal(np.asanyarray(fast.dataobj), np.asanyarray(slow.dataobj))
     assert np.asanyarray(fast.dataobj).dtype == np.asanyarray(slow.dataobj).dtype  # scaled like nibabel does
+    # unscaled voxels of a file decompressed in memory stay where they lie: a read-only view, no copy
+    assert np.asanyarray(fast.dataobj).flags.writeable == (scaled or not in_memory)
+    if not scaled:
+        np.testing.assert_array_equal(np.asanyarray(fast.dataobj), data)
     np.testing.assert_array_equal(fast.affine, slow.affine)
     assert fast.header == slow.header and fast.header.extensions == slow.header.extensions
     assert gzip.decompress(fast_file) == gzip.decompress(nifti_bytes(slow))
@@ -287,6 +296,7 @@ def test_gzip_implementations_read_and_write_the_same(tmp_path, klass, in_memory
     ("missing", "input file not found"),
     ("directory", "is a directory"),
     ("truncated", "truncated"),
+    ("short_content", "truncated"),
     ("random_gz", "not gzip-compressed"),
     ("random_nii", "not a NIfTI"),
     ("two_d", "is 2-D with shape (4, 5)"),
@@ -303,6 +313,9 @@ def test_bad_inputs_raise_clear_one_line_error(tmp_path, case, message, gzip_imp
     elif case == "truncated":
         _save(nib.Nifti1Image(np.random.default_rng(0).normal(size=(20, 20, 20)).astype(np.float32), np.eye(4)), p)
         p.write_bytes(p.read_bytes()[:3000])
+    elif case == "short_content":  # a complete gzip stream of a file cut short before compression
+        whole = nifti_bytes(nib.Nifti1Image(np.zeros((20, 20, 20), np.int16), np.eye(4)), gz=False)
+        p.write_bytes(gzip.compress(whole[:5000]))
     elif case == "random_gz":
         p.write_bytes(os.urandom(600))
     elif case == "random_nii":
