@@ -359,6 +359,41 @@ def test_prefetch_loads_into_the_cache_and_ignores_missing_weights(total_fast_ho
         prefetch.prefetch_model(key, "tpu").device()
 
 
+def test_prefetch_shortens_the_thread_switch_interval_while_it_runs(monkeypatch):
+    """While the prefetch thread holds the GIL (imports, model load), the reading thread's numpy calls get it
+    back within half a millisecond instead of 5 ms; the interval before the prefetch comes back after it,
+    also when two prefetches overlap."""
+    import sys
+    import threading
+
+    from totalsegmentator import prefetch
+    from totalsegmentator.inference import device as device_module
+
+    release = threading.Event()
+    seen: list[float] = []
+
+    def held_resolve(name, quiet=False):
+        seen.append(sys.getswitchinterval())
+        release.wait(10)
+        return name
+
+    monkeypatch.setattr(device_module, "resolve_device", held_resolve)
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.004)
+        first = prefetch.prefetch_model(None, "cpu")
+        second = prefetch.prefetch_model(None, "cpu")
+        assert sys.getswitchinterval() == prefetch.PREFETCH_SWITCH_INTERVAL_S
+        release.set()
+        first.join()
+        second.join()
+        assert seen == [prefetch.PREFETCH_SWITCH_INTERVAL_S] * 2
+        assert sys.getswitchinterval() == 0.004
+    finally:
+        release.set()
+        sys.setswitchinterval(before)
+
+
 def test_reading_and_resampling_do_not_wait_for_the_device(total_fast_home, monkeypatch):
     """The device (torch's import) is resolved in the background; the run waits for it only at the model."""
     import threading

@@ -5,6 +5,7 @@ This module stays cheap to import (no torch at import time).
 """
 from __future__ import annotations
 
+import sys
 import threading
 
 from .options import CropPlan
@@ -35,6 +36,32 @@ def first_model(task: Task, mode: Mode, crop_plan: CropPlan | None = None,
     return parts[0].dataset_id, mode.trainer, mode.plans, mode.configuration, mode.folds
 
 
+# While the prefetch thread imports and loads (Python code, holding the GIL), the reading thread calls numpy
+# again and again, and each call waits for the GIL until the interpreter switches threads (by default after
+# 5 ms). A shorter interval lets those calls through while the prefetch runs; the default comes back after.
+PREFETCH_SWITCH_INTERVAL_S = 0.0005
+_switch_lock = threading.Lock()
+_switch_users = 0
+_switch_saved = 0.005
+
+
+def _shorter_switch_interval() -> None:
+    global _switch_users, _switch_saved
+    with _switch_lock:
+        if _switch_users == 0:
+            _switch_saved = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch_saved, PREFETCH_SWITCH_INTERVAL_S))
+        _switch_users += 1
+
+
+def _restore_switch_interval() -> None:
+    global _switch_users
+    with _switch_lock:
+        _switch_users -= 1
+        if _switch_users == 0:
+            sys.setswitchinterval(_switch_saved)
+
+
 class ModelPrefetch:
     """Background start of a run while the input is read: import torch, resolve the device, load a model.
 
@@ -47,9 +74,20 @@ class ModelPrefetch:
         self._error: BaseException | None = None
         self._device_ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="totalseg-model-prefetch", daemon=True)
-        self._thread.start()
+        _shorter_switch_interval()
+        try:
+            self._thread.start()
+        except BaseException:
+            _restore_switch_interval()
+            raise
 
     def _run(self) -> None:
+        try:
+            self._prefetch()
+        finally:
+            _restore_switch_interval()
+
+    def _prefetch(self) -> None:
         try:
             from .inference.device import resolve_device
 

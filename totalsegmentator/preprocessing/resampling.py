@@ -24,8 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy import ndimage
 
-# output voxels per slab of the order-1 zoom: its float64 temporaries stay in the cache
-_SLAB_VOXELS = 100_000
+# output voxels per slab of the order-1 zoom: float64 temporaries of a few MB (in the cache), and few enough
+# numpy calls that waiting for the GIL between them (the model prefetch thread holds it often) stays small
+_SLAB_VOXELS = 400_000
 
 
 def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
