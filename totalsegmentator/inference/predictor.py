@@ -102,8 +102,8 @@ def gaussian_weights(tile_size: tuple[int, ...], sigma_scale: float, value_scali
         weights = weights * kernel.reshape(shape)
     weights /= np.max(weights) / value_scaling_factor
     result = torch.from_numpy(weights).to(device=device, dtype=dtype)
-    zero = result == 0  # no weight may be 0 (division by the summed weights)
-    result[zero] = torch.min(result[~zero])
+    zero = result == 0  # no weight may be 0 (division by the summed weights): the smallest other one instead
+    result.masked_fill_(zero, result.masked_fill(zero, float("inf")).min())
     return result
 
 
