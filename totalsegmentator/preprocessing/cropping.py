@@ -56,6 +56,6 @@ def uncrop(data: np.ndarray, bbox: BBox, original_shape: Sequence[int]) -> np.nd
     expected = tuple(sl.stop - sl.start for sl in bbox)
     if tuple(data.shape[:3]) != expected:
         raise ValueError(f"data shape {data.shape} does not match the crop box shape {expected}")
-    out = np.zeros(tuple(original_shape), dtype=data.dtype)
+    out = np.zeros(tuple(original_shape), dtype=data.dtype, order="F" if data.flags.f_contiguous else "C")
     out[bbox] = data
     return out
