@@ -344,10 +344,20 @@ def test_prefetch_loads_into_the_cache_and_ignores_missing_weights(total_fast_ho
     from totalsegmentator import prefetch
     from totalsegmentator.inference import cache
 
+    import torch
+
+    from totalsegmentator.inference import predictor
+
     mode = get_task("total").modes["fast"]
     key = prefetch.first_model(get_task("total"), mode)
+    predictor.gaussian_weights.cache_clear()
     prefetch.prefetch_model(key, "cpu").join()
     assert [m.result_folder.name.split("__")[0] for m in cache.cached_models()] == ["nnUNetTrainer_4000epochs_NoMirroring"]
+    # the first prediction's Gaussian weights (float16 accumulator) are ready as well
+    model = cache.cached_models()[0]
+    predictor.gaussian_weights(tuple(model.patch_size), predictor.GAUSSIAN_SIGMA_SCALE,
+                               predictor.GAUSSIAN_VALUE_SCALING, torch.float16, model.device)
+    assert predictor.gaussian_weights.cache_info().hits == 1
     assert cache.cached_models()[0].result_folder.parent.name.startswith(f"Dataset{key[0]}_")
     missing = prefetch.prefetch_model((999, "nnUNetTrainer", "nnUNetPlans", "3d_fullres", (0,)), "cpu")
     missing.join()  # the error is left to the pipeline's own load

@@ -1,4 +1,5 @@
-"""The start of a run in the background while the input is read: torch imports, the device, the first model.
+"""The start of a run in the background while the input is read: torch imports, the device, the first model
+(and its tile's Gaussian weights).
 
 Reading a CT takes about as long as importing torch and loading a model; doing both at once saves that time.
 This module stays cheap to import (no torch at import time).
@@ -101,8 +102,9 @@ class ModelPrefetch:
             return
         try:
             from .inference.cache import get_model
+            from .inference.predictor import warm_up
 
-            get_model(*self._model_key, self._device)
+            warm_up(get_model(*self._model_key, self._device))
         except Exception:  # noqa: BLE001 - reported again by the pipeline's own load
             pass
 

@@ -38,10 +38,21 @@ def as_accumulated(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return values.mul_(weights).to(weights.dtype).div_(weights)
 
 
+def subnormal_slack(weights: torch.Tensor) -> torch.Tensor:
+    """The part of ``accumulated_first_maxima``'s tolerance that depends on the weights only (float32): 8 last
+    places of the subnormals (4 of the quotient, 4 of the product / weight), at least float32's smallest normal
+    number (no subnormal arithmetic needed). Computed once for a tile, it saves work per chunk."""
+    info = torch.finfo(weights.dtype)
+    slack = torch.reciprocal(weights.float()).add_(1).mul_(4 * info.tiny * info.eps)
+    return slack.clamp_(min=torch.finfo(torch.float32).tiny)
+
+
 def accumulated_first_maxima(values: torch.Tensor, weights: torch.Tensor, class_sums: torch.Tensor,
-                             hits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                             hits: torch.Tensor, slack: torch.Tensor | None = None
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
     """``first_maxima(as_accumulated(values, weights))`` for float32 ``values`` (classes, voxels) and positive
-    ``weights`` (voxels), without rounding every class: (indices, accumulated maxima). ``values`` is left as it is.
+    ``weights`` (voxels), without rounding every class: (indices, accumulated maxima). ``values`` is left as it is;
+    ``slack`` is ``subnormal_slack(weights)`` when computed beforehand.
 
     Rounding is monotonic, so the accumulated maximum is that of the largest value, and a class can only tie
     with it after rounding when its value lies within a few units of the accumulator's last place of the
@@ -50,12 +61,10 @@ def accumulated_first_maxima(values: torch.Tensor, weights: torch.Tensor, class_
     rounded class by class as the accumulator would and go through ``torch.max``."""
     best = torch.amax(values, 0)
     accumulated_best = as_accumulated(best.clone(), weights)
-    info = torch.finfo(weights.dtype)
     # twice the bound: 2 last places of the largest value (one rounding of the product, one of the quotient),
-    # plus those of the subnormals (of the quotient, and of the product / weight); never below float32's
-    # smallest normal number (no subnormal arithmetic needed)
-    tolerance = torch.reciprocal(weights.float()).add_(1).mul_(4 * info.tiny * info.eps)
-    tolerance.clamp_(min=torch.finfo(torch.float32).tiny).add_(torch.abs(best).mul_(4 * info.eps))
+    # plus those of the subnormals (``subnormal_slack``, the same for every class)
+    tolerance = torch.abs(best).mul_(4 * torch.finfo(weights.dtype).eps)
+    tolerance.add_(subnormal_slack(weights) if slack is None else slack)
     torch.ge(values, best.sub_(tolerance), out=hits)
     found = class_sums @ hits
     indices, count = found[0], found[1]

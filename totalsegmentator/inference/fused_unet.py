@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .argmax import accumulated_first_maxima, as_accumulated, class_sum_rows, first_max_indices, first_maxima
+from .argmax import (accumulated_first_maxima, as_accumulated, class_sum_rows, first_max_indices, first_maxima,
+                     subnormal_slack)
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
@@ -264,8 +265,10 @@ def pointwise_argmax(features: torch.Tensor, conv: nn.Module, dtype: torch.dtype
     first, stop = _plane_span(plane_shape, plane_region)
     span = torch.empty(math.prod(plane_shape), dtype=dtype)  # a plane's labels; outside the stretch unused
     span_in_region = span.view(plane_shape)[plane_region]
+    slack = None
     if weights is not None:
         weights = weights.reshape(spatial[0], -1)
+        slack = subnormal_slack(weights)
     chunk = min(HEAD_CHUNK_VOXELS, stop - first)
     logits = features.new_empty((conv.out_channels, chunk))
     hits = features.new_empty((conv.out_channels, chunk))
@@ -282,8 +285,8 @@ def pointwise_argmax(features: torch.Tensor, conv: nn.Module, dtype: torch.dtype
                 else:
                     torch.mm(weight, plane[:, start:start + n], out=values)
             if weights is not None:
-                span[start:start + n], best = accumulated_first_maxima(values, weights[z, start:start + n],
-                                                                       class_sums, hits[:, :n])
+                span[start:start + n], best = accumulated_first_maxima(
+                    values, weights[z, start:start + n], class_sums, hits[:, :n], slack[z, start:start + n])
                 _check_finite(best, weights.dtype)
             else:
                 span[start:start + n] = first_maxima(values, class_sums, hits[:, :n])[0]

@@ -107,6 +107,13 @@ def gaussian_weights(tile_size: tuple[int, ...], sigma_scale: float, value_scali
     return result
 
 
+def warm_up(model: LoadedModel, accumulate_dtype: torch.dtype = torch.float16) -> None:
+    """Compute what the first prediction with ``model`` would compute first (its tile's Gaussian weights in the
+    accumulator's type), e.g. in a background thread while the input is still being read."""
+    gaussian_weights(tuple(model.patch_size), GAUSSIAN_SIGMA_SCALE, GAUSSIAN_VALUE_SCALING, accumulate_dtype,
+                     model.device)
+
+
 def _batches(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
