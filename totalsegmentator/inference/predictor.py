@@ -107,11 +107,16 @@ def gaussian_weights(tile_size: tuple[int, ...], sigma_scale: float, value_scali
     return result
 
 
+def tile_weights(model: LoadedModel, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
+    """nnU-Net's Gaussian weights of ``model``'s tile as ``dtype`` on ``device`` (default: the model's), cached."""
+    return gaussian_weights(tuple(model.patch_size), GAUSSIAN_SIGMA_SCALE, GAUSSIAN_VALUE_SCALING, dtype,
+                            model.device if device is None else device)
+
+
 def warm_up(model: LoadedModel, accumulate_dtype: torch.dtype = torch.float16) -> None:
     """Compute what the first prediction with ``model`` would compute first (its tile's Gaussian weights in the
     accumulator's type), e.g. in a background thread while the input is still being read."""
-    gaussian_weights(tuple(model.patch_size), GAUSSIAN_SIGMA_SCALE, GAUSSIAN_VALUE_SCALING, accumulate_dtype,
-                     model.device)
+    tile_weights(model, accumulate_dtype)
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -143,8 +148,7 @@ def _sliding_window(model: LoadedModel, data: torch.Tensor, step_size: float, re
     slicers = tile_slicers(padded.shape[1:], patch, step_size)
     padded = padded.to(results_device)
 
-    gaussian = gaussian_weights(tuple(patch), GAUSSIAN_SIGMA_SCALE, GAUSSIAN_VALUE_SCALING, accumulate_dtype,
-                                results_device)
+    gaussian = tile_weights(model, accumulate_dtype, results_device)
     weight_map = torch.zeros(padded.shape[1:], dtype=accumulate_dtype, device=results_device)
     for sl in slicers:
         weight_map[sl] += gaussian
@@ -433,11 +437,9 @@ def _single_tile_labels(model: LoadedModel, network: FusedUNet, data: torch.Tens
     without the logits of the whole tile: the head runs plane by plane with the argmax (``FusedUNet.labels``)."""
     from acvl_utils.cropping_and_padding.padding import pad_nd_image
 
-    patch = model.patch_size
-    padded, revert_padding = pad_nd_image(data, patch, "constant", {"value": 0}, True, None)
+    padded, revert_padding = pad_nd_image(data, model.patch_size, "constant", {"value": 0}, True, None)
     region = tuple(revert_padding[1:])
-    weights = gaussian_weights(tuple(patch), GAUSSIAN_SIGMA_SCALE, GAUSSIAN_VALUE_SCALING, accumulate_dtype,
-                               model.device)
+    weights = tile_weights(model, accumulate_dtype)
     with model.lock, torch.inference_mode():
         with STAGE_TIMER.stage("forward"):
             features = network.features(padded[None])

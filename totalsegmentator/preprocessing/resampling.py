@@ -137,12 +137,10 @@ def _linear_zoom(data: np.ndarray, out_shape: tuple[int, ...], out_dtype: np.dty
     def corner_sums(rows: dict, weights: list, total: np.ndarray, term: np.ndarray) -> None:
         for n, corner in enumerate(corners):
             values = rows[corner[slab_axis], corner[row_axis]][:, :, taps[inner_axis][0][corner[inner_axis]]]
-            for axis in range(3):
-                w = weights[axis][corner[axis]].reshape(shapes[axis])
-                if axis == 0:
-                    np.multiply(values, w, out=term)
-                else:
-                    term *= w
+            w0, w1, w2 = (weights[axis][corner[axis]].reshape(shapes[axis]) for axis in range(3))
+            np.multiply(values, w0, out=term)  # ((value * w0) * w1) * w2, scipy's order
+            term *= w1
+            term *= w2
             if n == 0:
                 np.add(term, 0.0, out=total)  # scipy starts from 0.0 (so -0.0 becomes 0.0)
             else:
