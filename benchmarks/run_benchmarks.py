@@ -43,7 +43,7 @@ OFFICIAL_FLAGS = {"fast": ["--fast"], "fastest": ["--fastest"], "total": [],
 STAGES = ("load", "reorient", "resample", "load_model", "network", "merge", "postprocess", "resample_back",
           "write", "rough_crop_model")
 LEGEND = ("start: process start and imports before the call; load: reading the input; resample: reorientation "
-          "and resampling to the model spacing; model: loading weights; forward: network calls; pred.other: nnU-Net "
+          "and resampling to the model spacing; model: waiting for torch's import and the model load (background thread); forward: network calls; pred.other: nnU-Net "
           "preprocessing, tile accumulation, argmax; post: merging and postprocessing; back: resampling to the input "
           "grid; write: output files; rest: everything else (imports inside the call, rough crop bookkeeping).")
 FULL_MODES = ("fast", "fastest", "total", "roi_subset", "ml")

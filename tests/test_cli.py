@@ -96,6 +96,24 @@ def test_paths_are_made_absolute(nifti, tmp_path, api_calls, capsys, monkeypatch
     assert kw["crop_path"] == tmp_path / "crop"
 
 
+def test_the_run_has_no_collections_and_the_process_skips_the_last(nifti, tmp_path, capsys, monkeypatch):
+    """The command's one run goes without automatic garbage collection, and its process ends without the
+    collection of interpreter shutdown (freezing every object at exit leaves it nothing to walk)."""
+    import atexit
+    import gc
+
+    from totalsegmentator.bin import _common
+
+    seen: list[bool] = []
+    registered: list = []
+    monkeypatch.setattr(python_api, "totalsegmentator", lambda **kw: seen.append(gc.isenabled()))
+    monkeypatch.setattr(_common, "_final_collection_skipped", False)
+    monkeypatch.setattr(atexit, "register", registered.append)
+    assert run_main(capsys, ["-i", str(nifti), "-o", str(tmp_path / "out")])[0] == 0
+    assert seen == [False] and gc.isenabled()
+    assert registered == [gc.freeze]
+
+
 @pytest.mark.parametrize("argv, expected", [
     (["-s"], {"statistics": True}),
     (["-rmb"], {"remove_small_blobs": 200.0}),

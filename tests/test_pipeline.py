@@ -404,6 +404,27 @@ def test_prefetch_shortens_the_thread_switch_interval_while_it_runs(monkeypatch)
         sys.setswitchinterval(before)
 
 
+def test_runs_pause_garbage_collection(total_fast_home, monkeypatch):
+    """Automatic collection is off while a run lasts (imports and model loads would trigger full collections
+    of ~400,000 objects) and back on after it."""
+    import gc
+
+    from totalsegmentator.inference import predictor
+    from totalsegmentator.python_api import totalsegmentator
+
+    seen = []
+    real = predictor.predict_labels
+
+    def recording(*args, **kwargs):
+        seen.append(gc.isenabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predictor, "predict_labels", recording)
+    totalsegmentator(small_ct(), None, fast=True, device="cpu", quiet=True)
+    assert seen == [False]
+    assert gc.isenabled()
+
+
 def test_reading_and_resampling_do_not_wait_for_the_device(total_fast_home, monkeypatch):
     """The device (torch's import) is resolved in the background; the run waits for it only at the model."""
     import threading

@@ -131,9 +131,11 @@ def _predict_resampled(data: np.ndarray, spacing: tuple, task: Task, mode: Mode,
                        s: RunSettings) -> np.ndarray:
     """Models on the resampled canonical image, in overlapping z-chunks when the image is too big for memory."""
     num_classes = max(len(p.class_map) for p in parts) + 1 if parts else 2
+    with s.timer.stage("load_model"):  # the device comes with torch's import in the background
+        device = s.device
     split = splitting.needs_split(data.shape, multi_model=len(mode.parts) > 1, force=s.force_split,
                                   bytes_needed=splitting.whole_image_bytes(data.shape, num_classes),
-                                  bytes_available=splitting.available_memory_bytes(s.device))
+                                  bytes_available=splitting.available_memory_bytes(device))
     if not split:
         return _predict_models(data, spacing, task, mode, parts, s)
     chunks = splitting.plan_chunks(data.shape[2])

@@ -11,6 +11,7 @@ import numpy as np
 
 from . import config
 from .errors import OptionError
+from .gc_pause import garbage_collection_paused
 from .heap_reuse import reuse_freed_memory
 from .options import Options
 from .jsonfile import write_json_atomic
@@ -50,7 +51,7 @@ def totalsegmentator(input: str | Path | nib.Nifti1Image, output: str | Path | N
     """
     kwargs = {k: v for k, v in locals().items() if k != "timer"}
     opts = Options(**kwargs).validated()
-    with reuse_freed_memory():
+    with reuse_freed_memory(), garbage_collection_paused():
         return run(opts, timer or StageTimer())
 
 
@@ -128,10 +129,12 @@ def run(opts: Options, timer: StageTimer) -> Any:
     prefetch = prefetch_model(first_model(task, mode, opts.crop_plan(), opts.roi_subset_effective), opts.device,
                               quiet=opts.quiet)
     try:
+        # reading first: its decompression runs outside the GIL, beside torch's import; the pipeline's own
+        # imports would wait for that import's locks (scipy) and hold the GIL against it
+        img, series = _load_input(opts, timer)  # input errors before any download
         from .pipeline import segment
         from .weights import ensure_dataset
 
-        img, series = _load_input(opts, timer)  # input errors before any download
         with timer.stage("weights"):
             for dataset_id in _dataset_ids_needed(opts):
                 ensure_dataset(dataset_id, quiet=opts.quiet)

@@ -16,7 +16,8 @@ from typing import Any
 from .. import __version__
 from ..options import COMPILE_MODES, OUTPUT_TYPE_ALIASES, OUTPUT_TYPES, PRECISIONS, Options, is_nifti_path
 from ..registry import TASKS, format_classes_table, format_tasks_table, get_task
-from ._common import EXIT_OK, OneLineParser, absolute_path, print_warning, run_command, task_name
+from ._common import (EXIT_OK, OneLineParser, absolute_path, print_warning, run_command, skip_final_collection,
+                      task_name)
 
 PROG = "TotalSegmentator"
 # CLI-only: the DICOM Modality tag switches between the CT and MR variants of the main task.
@@ -275,10 +276,14 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     kwargs = api_kwargs_from_args(args)
     Options(**kwargs).validated()  # fails here, before the heavy imports below
 
+    from ..gc_pause import garbage_collection_paused  # noqa: PLC0415
     from ..heap_reuse import reuse_freed_memory  # noqa: PLC0415
-    from ..python_api import totalsegmentator  # noqa: PLC0415 - imports torch/nnU-Net: only after validation
 
-    with reuse_freed_memory(trim=False):  # the process ends next: handing memory back would only cost time
+    skip_final_collection()
+    # the process ends next: handing memory back would only cost time
+    with garbage_collection_paused(), reuse_freed_memory(trim=False):
+        from ..python_api import totalsegmentator  # noqa: PLC0415 - imports torch/nnU-Net: only after validation
+
         totalsegmentator(**kwargs)
     return EXIT_OK
 

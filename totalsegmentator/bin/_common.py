@@ -7,6 +7,8 @@ unexpected exceptions and 130 for Ctrl-C. Tracebacks are shown only with ``-v``/
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -20,6 +22,22 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+
+_final_collection_skipped = False
+
+
+def skip_final_collection() -> None:
+    """Let this process end without the garbage collection of interpreter shutdown.
+
+    After a run, that collection walks every object torch, nnU-Net and scipy created at import (~280,000):
+    0.6-0.8 s of a command's time spent on memory the process gives back anyway. Freezing all objects at exit
+    (atexit runs before the shutdown's collection) leaves nothing to walk. Python makes no promise to run
+    ``__del__`` of objects still alive at exit, and every output is complete before a command returns."""
+    global _final_collection_skipped
+    if not _final_collection_skipped:
+        atexit.register(gc.freeze)
+        _final_collection_skipped = True
 
 
 def one_line(text: object) -> str:

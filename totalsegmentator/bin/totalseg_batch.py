@@ -10,7 +10,8 @@ import sys
 from collections.abc import Sequence
 from functools import partial
 
-from ._common import EXIT_INTERRUPTED, EXIT_OK, OneLineParser, absolute_path, print_error, run_command
+from ._common import (EXIT_INTERRUPTED, EXIT_OK, OneLineParser, absolute_path, print_error, run_command,
+                      skip_final_collection)
 from .TotalSegmentator import (answer_listing, api_kwargs_from_args, build_parser as build_single_parser,
                                require_input_output)
 
@@ -117,6 +118,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     from ..batch.api import BatchInterrupted, totalsegmentator_batch
 
+    skip_final_collection()
     try:
         summary = totalsegmentator_batch(
             args.input, args.output, workers=args.workers, scheduler=args.scheduler, prefetch=args.prefetch,
