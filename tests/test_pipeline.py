@@ -406,7 +406,7 @@ def test_prefetch_shortens_the_thread_switch_interval_while_it_runs(monkeypatch)
 
 def test_runs_pause_garbage_collection(total_fast_home, monkeypatch):
     """Automatic collection is off while a run lasts (imports and model loads would trigger full collections
-    of ~400,000 objects) and back on after it."""
+    of ~280,000 objects) and back on after it."""
     import gc
 
     from totalsegmentator.inference import predictor

@@ -280,7 +280,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from ..heap_reuse import reuse_freed_memory  # noqa: PLC0415
 
     skip_final_collection()
-    # the process ends next: handing memory back would only cost time
+    # the process ends after the run: handing free memory back or collecting garbage would only cost time
     with garbage_collection_paused(), reuse_freed_memory(trim=False):
         from ..python_api import totalsegmentator  # noqa: PLC0415 - imports torch/nnU-Net: only after validation
 
