@@ -42,10 +42,12 @@ OFFICIAL_FLAGS = {"fast": ["--fast"], "fastest": ["--fastest"], "total": [],
                   "roi_subset": ["--roi_subset", "liver", "spleen"], "ml": ["--ml"]}
 STAGES = ("load", "reorient", "resample", "load_model", "network", "merge", "postprocess", "resample_back",
           "write", "rough_crop_model")
-LEGEND = ("start: process start and imports before the call; load: reading the input; resample: reorientation "
-          "and resampling to the model spacing; model: waiting for torch's import and the model load (background thread); forward: network calls; pred.other: nnU-Net "
-          "preprocessing, tile accumulation, argmax; post: merging and postprocessing; back: resampling to the input "
-          "grid; write: output files; rest: everything else (imports inside the call, rough crop bookkeeping).")
+LEGEND = ("start: process start and imports before the call, and the exit; load: reading the input; resample: "
+          "reorientation and resampling to the model spacing; model: waiting for torch's import and the model load "
+          "(background thread); forward: network calls; pred.other: nnU-Net preprocessing, tile accumulation, "
+          "argmax; post: merging and postprocessing; back: resampling to the input grid; write: output files; rest: "
+          "the rest of the call (the pipeline's imports, rough crop bookkeeping). Each column is a median over the "
+          "runs, so a row need not add up to its wall time.")
 FULL_MODES = ("fast", "fastest", "total", "roi_subset", "ml")
 QUICK_MODES = ("fast", "fastest")
 
@@ -149,6 +151,10 @@ def summarize(runs: list[dict]) -> dict:
         if all(part in r for r in runs):
             names = {n for r in runs for n in r[part]}
             out[part] = {n: round(statistics.median(r[part].get(n, 0.0) for r in runs), 3) for n in names}
+    if all("stages" in r and "call_wall_s" in r for r in runs):
+        # the time of the call outside the stages, per run: medians of different runs' stages do not add up
+        out["rest_s"] = round(statistics.median(r["call_wall_s"] - sum(r["stages"].get(k, 0.0) for k in TOP_STAGES)
+                                                for r in runs), 3)
     out["runs"] = len(runs)
     return out
 
@@ -156,6 +162,9 @@ def summarize(runs: list[dict]) -> dict:
 # stages around the network forward (issue 6: at most 20 % of the network time on the full-size CT in --fast);
 # model loading and the process start (imports) are reported on their own
 OVERHEAD_STAGES = ("load", "reorient", "resample", "merge", "postprocess", "resample_back", "write")
+# the stages the pipeline's timer reports at the top level (the predictor's own split is inside "network")
+TOP_STAGES = ("load", "weights", "reorient", "resample", "load_model", "network", "merge", "postprocess",
+              "resample_back", "write")
 
 
 def breakdown(summary: dict) -> dict | None:
@@ -166,8 +175,6 @@ def breakdown(summary: dict) -> dict | None:
     forward = pr["forward"]
     around = st.get("network", 0.0) - forward  # preprocessing, accumulation, argmax/export
     overhead = sum(st.get(k, 0.0) for k in OVERHEAD_STAGES) + around
-    top = sum(st.get(k, 0.0) for k in ("load", "weights", "reorient", "resample", "load_model", "network", "merge",
-                                       "postprocess", "resample_back", "write"))
     # reading and resampling run while the background thread loads the first model; with one model, a wait for
     # it afterwards ("load_model") shows they overlapped it (on two cores they still compete for CPU time)
     before_model = sum(st.get(k, 0.0) for k in ("load", "reorient", "resample"))
@@ -177,7 +184,7 @@ def breakdown(summary: dict) -> dict | None:
             "after_model_s": round(after_model, 3), "after_model_vs_forward": round(after_model / forward, 3),
             "load_model_s": st.get("load_model", 0.0),
             "startup_s": round(summary["wall_s"] - summary["call_wall_s"], 3),
-            "unaccounted_in_call_s": round(summary["call_wall_s"] - top, 3)}
+            "unaccounted_in_call_s": summary.get("rest_s")}
 
 
 def format_table(results: dict) -> str:
@@ -197,13 +204,10 @@ def format_table(results: dict) -> str:
             if not b:
                 rows.append([mode, tool, f(s["wall_s"]), f(s["cpu_s"]), f"{s['peak_rss_mb']:.0f}"] + ["-"] * 10)
                 continue
-            known = (b["startup_s"] + st.get("load", 0) + st.get("reorient", 0) + st.get("resample", 0)
-                     + st.get("load_model", 0) + st.get("network", 0) + st.get("merge", 0) + st.get("postprocess", 0)
-                     + st.get("resample_back", 0) + st.get("write", 0))
             rows.append([mode, tool, f(s["wall_s"]), f(s["cpu_s"]), f"{s['peak_rss_mb']:.0f}", f(b["startup_s"]),
                          f(st.get("load")), f(st.get("resample", 0) + st.get("reorient", 0)), f(st.get("load_model")),
                          f(b["forward_s"]), f(b["predictor_other_s"]), f(st.get("postprocess", 0) + st.get("merge", 0)),
-                         f(st.get("resample_back")), f(st.get("write")), f(s["wall_s"] - known)])
+                         f(st.get("resample_back")), f(st.get("write")), f(b["unaccounted_in_call_s"])])
         if entry.get("ratio"):
             r = entry["ratio"]
             rows.append([mode, "official/ours", f"{r['wall']:.2f}x", f"{r['cpu']:.2f}x", f"{r['memory']:.2f}x",
