@@ -66,6 +66,32 @@ def test_nested_and_concurrent_pauses_end_with_the_last():
     assert gc.isenabled()
 
 
+def test_runs_that_overlap_without_end_still_collect():
+    """Two threads whose runs always overlap never end the pause; each run that ends collects."""
+    _Cycle.collected = 0
+    first_inside, second_inside, first_done = threading.Event(), threading.Event(), threading.Event()
+
+    def second_run():
+        with garbage_collection_paused():
+            second_inside.set()
+            first_done.wait(10)
+
+    thread = threading.Thread(target=second_run)
+    with garbage_collection_paused():
+        thread.start()
+        assert second_inside.wait(10)
+        with garbage_collection_paused():  # nested in this thread: leaving it does not collect
+            for _ in range(1_000):
+                _Cycle()
+        assert _Cycle.collected == 0
+    # this run ended while the other one is still inside: the pause goes on, the garbage is gone
+    assert not gc.isenabled()
+    assert _Cycle.collected == 1_000
+    first_done.set()
+    thread.join(10)
+    assert gc.isenabled()
+
+
 def test_a_pause_of_the_caller_is_left_alone():
     gc.disable()
     with garbage_collection_paused():

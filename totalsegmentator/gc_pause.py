@@ -18,23 +18,33 @@ from typing import Iterator
 
 _lock = threading.Lock()
 _depth = 0
+_thread_depth = threading.local()  # this thread's nesting
 _was_enabled = False
 
 
 @contextmanager
 def garbage_collection_paused() -> Iterator[None]:
-    """No automatic garbage collection while the block runs; nested and concurrent uses (a batch's threads)
-    share one pause, restored by the last to leave. A collection paused by the caller stays paused."""
+    """No automatic garbage collection while the block runs; nested and concurrent uses share one pause,
+    restored by the last to leave. A collection paused by the caller stays paused.
+
+    Runs that overlap one another without end (a service calling ``totalsegmentator()`` from several threads)
+    would never reach the end of the pause, so each run that leaves while another one is inside collects once
+    (not the nested uses within one thread): garbage waits at most until one of the runs in progress ends."""
     global _depth, _was_enabled
     with _lock:
         if _depth == 0:
             _was_enabled = gc.isenabled()
             gc.disable()
         _depth += 1
+        _thread_depth.value = getattr(_thread_depth, "value", 0) + 1
     try:
         yield
     finally:
         with _lock:
             _depth -= 1
+            _thread_depth.value -= 1
+            collect = _depth > 0 and _thread_depth.value == 0 and _was_enabled
             if _depth == 0 and _was_enabled:
                 gc.enable()
+        if collect:
+            gc.collect()
