@@ -40,8 +40,6 @@ MODE_DATASETS = {"fast": (297,), "fastest": (298,), "total": (291, 292, 293, 294
                  "ml": (291, 292, 293, 294, 295)}
 OFFICIAL_FLAGS = {"fast": ["--fast"], "fastest": ["--fastest"], "total": [],
                   "roi_subset": ["--roi_subset", "liver", "spleen"], "ml": ["--ml"]}
-STAGES = ("load", "reorient", "resample", "load_model", "network", "merge", "postprocess", "resample_back",
-          "write", "rough_crop_model")
 LEGEND = ("start: process start and imports before the call, and the exit; load: reading the input; resample: "
           "reorientation and resampling to the model spacing; model: waiting for torch's import and the model load "
           "(background thread); forward: network calls; pred.other: nnU-Net preprocessing, tile accumulation, "

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 import pytest
 
@@ -45,50 +47,48 @@ def test_no_automatic_collection_inside_and_collection_back_after():
     assert _Cycle.collected == 20_000
 
 
-def test_nested_and_concurrent_pauses_end_with_the_last():
-    entered, release = threading.Event(), threading.Event()
+@contextmanager
+def _another_run_inside() -> Iterator[None]:
+    """Another run's pause, held by a second thread for as long as the block lasts."""
+    inside, done = threading.Event(), threading.Event()
 
     def other_run():
         with garbage_collection_paused():
-            entered.set()
-            release.wait(10)
+            inside.set()
+            done.wait(10)
 
     thread = threading.Thread(target=other_run)
-    with garbage_collection_paused():
-        thread.start()
-        assert entered.wait(10)
+    thread.start()
+    assert inside.wait(10)
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(10)
+
+
+def test_nested_and_concurrent_pauses_end_with_the_last():
+    with _another_run_inside():
         with garbage_collection_paused():
-            pass
-        assert not gc.isenabled()
-    assert not gc.isenabled()  # the other run is still going
-    release.set()
-    thread.join(10)
+            with garbage_collection_paused():
+                pass
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the other run is still going
     assert gc.isenabled()
 
 
 def test_runs_that_overlap_without_end_still_collect():
     """Two threads whose runs always overlap never end the pause; each run that ends collects."""
     _Cycle.collected = 0
-    first_inside, second_inside, first_done = threading.Event(), threading.Event(), threading.Event()
-
-    def second_run():
+    with _another_run_inside():
         with garbage_collection_paused():
-            second_inside.set()
-            first_done.wait(10)
-
-    thread = threading.Thread(target=second_run)
-    with garbage_collection_paused():
-        thread.start()
-        assert second_inside.wait(10)
-        with garbage_collection_paused():  # nested in this thread: leaving it does not collect
-            for _ in range(1_000):
-                _Cycle()
-        assert _Cycle.collected == 0
-    # this run ended while the other one is still inside: the pause goes on, the garbage is gone
-    assert not gc.isenabled()
-    assert _Cycle.collected == 1_000
-    first_done.set()
-    thread.join(10)
+            with garbage_collection_paused():  # nested in this thread: leaving it does not collect
+                for _ in range(1_000):
+                    _Cycle()
+            assert _Cycle.collected == 0
+        # this run ended while the other one is still inside: the pause goes on, the garbage is gone
+        assert not gc.isenabled()
+        assert _Cycle.collected == 1_000
     assert gc.isenabled()
 
 

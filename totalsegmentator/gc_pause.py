@@ -16,10 +16,17 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-_lock = threading.Lock()
-_depth = 0
+from .shared_setting import SharedSetting
+
+
+def _disable() -> bool:
+    was_enabled = gc.isenabled()
+    gc.disable()
+    return was_enabled
+
+
+_PAUSE = SharedSetting(_disable, lambda was_enabled: gc.enable() if was_enabled else None)
 _thread_depth = threading.local()  # this thread's nesting
-_was_enabled = False
 
 
 @contextmanager
@@ -30,21 +37,11 @@ def garbage_collection_paused() -> Iterator[None]:
     Runs that overlap one another without end (a service calling ``totalsegmentator()`` from several threads)
     would never reach the end of the pause, so each run that leaves while another one is inside collects once
     (not the nested uses within one thread): garbage waits at most until one of the runs in progress ends."""
-    global _depth, _was_enabled
-    with _lock:
-        if _depth == 0:
-            _was_enabled = gc.isenabled()
-            gc.disable()
-        _depth += 1
-        _thread_depth.value = getattr(_thread_depth, "value", 0) + 1
+    _PAUSE.enter()
+    _thread_depth.value = getattr(_thread_depth, "value", 0) + 1
     try:
         yield
     finally:
-        with _lock:
-            _depth -= 1
-            _thread_depth.value -= 1
-            collect = _depth > 0 and _thread_depth.value == 0 and _was_enabled
-            if _depth == 0 and _was_enabled:
-                gc.enable()
-        if collect:
+        _thread_depth.value -= 1
+        if _PAUSE.leave() > 0 and _thread_depth.value == 0 and _PAUSE.saved:
             gc.collect()

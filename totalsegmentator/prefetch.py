@@ -11,6 +11,7 @@ import threading
 
 from .options import CropPlan
 from .registry import ROUGH_KIND_TO_MODE, Mode, Task, get_task, model_parts
+from .shared_setting import SharedSetting
 
 
 def first_model(task: Task, mode: Mode, crop_plan: CropPlan | None = None,
@@ -41,26 +42,15 @@ def first_model(task: Task, mode: Mode, crop_plan: CropPlan | None = None,
 # again and again, and each call waits for the GIL until the interpreter switches threads (by default after
 # 5 ms). A shorter interval lets those calls through while the prefetch runs; the default comes back after.
 PREFETCH_SWITCH_INTERVAL_S = 0.0005
-_switch_lock = threading.Lock()
-_switch_users = 0
-_switch_saved = 0.005
 
 
-def _shorter_switch_interval() -> None:
-    global _switch_users, _switch_saved
-    with _switch_lock:
-        if _switch_users == 0:
-            _switch_saved = sys.getswitchinterval()
-            sys.setswitchinterval(min(_switch_saved, PREFETCH_SWITCH_INTERVAL_S))
-        _switch_users += 1
+def _shorten_switch_interval() -> float:
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, PREFETCH_SWITCH_INTERVAL_S))
+    return before
 
 
-def _restore_switch_interval() -> None:
-    global _switch_users
-    with _switch_lock:
-        _switch_users -= 1
-        if _switch_users == 0:
-            sys.setswitchinterval(_switch_saved)
+_SHORT_SWITCH_INTERVAL = SharedSetting(_shorten_switch_interval, sys.setswitchinterval)
 
 
 class ModelPrefetch:
@@ -75,18 +65,18 @@ class ModelPrefetch:
         self._error: BaseException | None = None
         self._device_ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="totalseg-model-prefetch", daemon=True)
-        _shorter_switch_interval()
+        _SHORT_SWITCH_INTERVAL.enter()
         try:
             self._thread.start()
         except BaseException:
-            _restore_switch_interval()
+            _SHORT_SWITCH_INTERVAL.leave()
             raise
 
     def _run(self) -> None:
         try:
             self._prefetch()
         finally:
-            _restore_switch_interval()
+            _SHORT_SWITCH_INTERVAL.leave()
 
     def _prefetch(self) -> None:
         try:
