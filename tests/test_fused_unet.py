@@ -117,18 +117,24 @@ def _weighted_argmax(logits: torch.Tensor, weights: torch.Tensor | None) -> torc
     return torch.max(logits, 0).indices
 
 
-@pytest.mark.parametrize("bias, dims, chunk, weights_dtype", [
-    (True, 3, 16384, None),
-    (False, 3, 7, None),  # chunks smaller than a plane
-    (True, 3, 16384, torch.float16),
-    (True, 2, 5, torch.float32),
+@pytest.mark.parametrize("bias, dims, chunk, weights_dtype, last", [
+    (True, 3, 16384, None, False),
+    (True, 3, 16384, None, True),
+    (False, 3, 7, None, False),  # chunks smaller than a plane
+    (False, 3, 7, None, True),
+    (True, 3, 16384, torch.float16, True),
+    (True, 2, 5, torch.float32, False),
+    (True, 2, 5, torch.float32, True),
 ])
-def test_pointwise_argmax_is_the_argmax_of_the_head(monkeypatch, bias, dims, chunk, weights_dtype):
+def test_pointwise_argmax_is_the_argmax_of_the_head(monkeypatch, bias, dims, chunk, weights_dtype, last):
     monkeypatch.setattr(fused_unet, "HEAD_CHUNK_VOXELS", chunk)
     torch.manual_seed(0)
     conv = (nn.Conv3d if dims == 3 else nn.Conv2d)(6, 9, 1, bias=bias)
     spatial = (11, 9, 10)[:dims]
     features = torch.randn(6, *spatial)
+    if last:  # the layout of the fused forward's features
+        features = fused_unet.to_channels_last(features[None])[0]
+        assert not features.is_contiguous()
     region = (slice(1, 10), slice(2, 8), slice(0, 7))[:dims]
     weights = None
     if weights_dtype is not None:
@@ -185,9 +191,12 @@ def test_fused_labels_equal_the_argmax_of_the_fused_logits():
         forward.labels(forward.features(x)[0] * 1e5, region, weights=torch.full_like(weights, 10.0))
 
 
-def test_instance_norm_in_place_matches_float64():
+@pytest.mark.parametrize("last", [False, True])
+@pytest.mark.parametrize("piece_values", [1 << 18, 37])  # 37: many pieces, the last one shorter
+def test_instance_norm_in_place_matches_float64(monkeypatch, last, piece_values):
+    monkeypatch.setattr(fused_unet, "_NORM_PIECE_VALUES", piece_values)
     x = torch.randn(2, 3, 20, 18, 16) * torch.tensor([1.0, 5.0, 0.1]).view(1, 3, 1, 1, 1) + 40.0
-    norm = nn.InstanceNorm3d(3, eps=1e-5, affine=True)
+    norm = nn.InstanceNorm3d(3, eps=1e-5, affine=True).requires_grad_(False)
     with torch.no_grad():
         norm.weight.copy_(torch.tensor([0.7, 1.3, -0.5]))
         norm.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
@@ -198,10 +207,60 @@ def test_instance_norm_in_place_matches_float64():
         + norm.bias.double().view(1, 3, 1, 1, 1)
     expected = torch.nn.functional.leaky_relu(expected, 0.01)
     with torch.inference_mode():
-        y = x.clone()
+        y = fused_unet.to_channels_last(x.clone()) if last else x.clone()
         out = fused_unet._instance_norm_(y, norm, 0.01)
-    assert out.data_ptr() == y.data_ptr()  # in place
+    assert out.data_ptr() == y.data_ptr()  # in place, in the layout it came in
+    assert fused_unet.channels_last(out) == last and out.is_contiguous() != last
     assert float((out.double() - expected).abs().max()) < 2e-5
+    plain = nn.InstanceNorm3d(3, eps=1e-5, affine=False)
+    with torch.inference_mode():
+        unscaled = fused_unet._instance_norm_(y.copy_(x), plain, None)
+    # a float32 mean of values near 40 is off by up to ~2e-6, 2e-5 after the division by the 0.1 deviation
+    assert float((unscaled.double() - (xd - mean) / torch.sqrt(var + 1e-5)).abs().max()) < 5e-5
+
+
+def test_fused_forward_keeps_activations_channels_last():
+    for dims, shape in ((3, (1, 1, 16, 16, 16)), (2, (2, 1, 32, 24))):
+        forward = fused_forward(plain_unet(dims=dims))
+        with torch.inference_mode():
+            features = forward.features(torch.randn(shape))
+            logits = forward(torch.randn(shape))
+        assert fused_unet.channels_last(features) and not features.is_contiguous()
+        assert logits.is_contiguous()  # the head's output is channels first, as the sliding window adds it up
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_upsample_and_concat_in_both_layouts(bias):
+    torch.manual_seed(2)
+    transposed = nn.ConvTranspose3d(6, 3, (1, 2, 2), (1, 2, 2), bias=bias)
+    x = torch.randn(2, 6, 5, 4, 3)
+    skip = torch.randn(2, 4, 5, 8, 6)
+    with torch.inference_mode():
+        expected = torch.cat((transposed(x), skip), 1)
+        first = fused_unet._upsample_and_concat(x, transposed, skip)
+        last = fused_unet._upsample_and_concat(fused_unet.to_channels_last(x), transposed,
+                                               fused_unet.to_channels_last(skip))
+    assert first.is_contiguous() and fused_unet.channels_last(last) and not last.is_contiguous()
+    for result in (first, last):
+        assert result.shape == expected.shape
+        assert torch.allclose(result, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_convolution_steps_give_channels_last_outputs(in_channels):
+    torch.manual_seed(3)
+    conv = nn.Conv3d(in_channels, 5, 3, padding=1, bias=True)
+    x = torch.randn(2, in_channels, 7, 6, 5)
+    step = fused_unet._conv_step(conv)
+    with torch.inference_mode():
+        expected = conv(x)
+        out = step(x)
+        again = step(fused_unet.to_channels_last(x))
+    assert fused_unet.channels_last(out) and fused_unet.channels_last(again)
+    assert torch.allclose(out, expected, rtol=0, atol=1e-5)
+    assert torch.allclose(again, expected, rtol=0, atol=1e-5)
+    conv1d = nn.Conv1d(2, 3, 3)
+    assert fused_unet._conv_step(conv1d) is conv1d  # other convolutions run as they are
 
 
 # ------------------------------------------------------------------------------------------- in the predictor
