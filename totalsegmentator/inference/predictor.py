@@ -34,7 +34,7 @@ Speed without changing a single logit (each checked against nnU-Net in the tests
 ``mixed_precision`` (or the environment variable ``TOTALSEG_PRECISION``) runs the network in bfloat16/float16
 when asked; the default is nnU-Net's choice of type (float32 on the CPU, float16 autocast on CUDA). Float32 on
 the CPU runs nnU-Net's plain U-Net through our fused forward (``fused_unet.py``: same arithmetic up to the order
-of sums, about 1.2x faster); ``"exact"`` keeps nnU-Net's own modules, for logits identical bit for bit.
+of sums, about 1.3x faster); ``"exact"`` keeps nnU-Net's own modules, for logits identical bit for bit.
 """
 from __future__ import annotations
 
