@@ -38,8 +38,9 @@ def plain_unet(dims: int = 3, features=(4, 8, 16), strides=None, kernel=3, num_c
     return net
 
 
-def compare(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    forward = fused_forward(net)
+def compare(net: nn.Module, x: torch.Tensor, channels_last: bool | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    forward = fused_forward(net, channels_last)
     assert forward is not None
     with torch.inference_mode():
         reference = net(x.clone())
@@ -55,10 +56,11 @@ def compare(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     ({"affine": False, "nonlin_kwargs": {"negative_slope": 0.2, "inplace": False}}, (1, 1, 16, 16, 16)),
     ({"dims": 2, "features": (4, 8, 16, 32)}, (3, 1, 48, 40)),
 ])
-def test_fused_forward_equals_the_module_forward_up_to_rounding(kwargs, shape):
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_fused_forward_equals_the_module_forward_up_to_rounding(kwargs, shape, channels_last):
     net = plain_unet(**kwargs)
     x = torch.randn(shape) * 2 + 0.5
-    reference, ours = compare(net, x)
+    reference, ours = compare(net, x, channels_last)
     assert ours.shape == reference.shape == (shape[0], 5, *shape[2:])
     assert ours.dtype == torch.float32
     scale = float(reference.abs().max())
@@ -219,14 +221,24 @@ def test_instance_norm_in_place_matches_float64(monkeypatch, last, piece_values)
     assert float((unscaled.double() - (xd - mean) / torch.sqrt(var + 1e-5)).abs().max()) < 5e-5
 
 
-def test_fused_forward_keeps_activations_channels_last():
+def test_fused_forward_keeps_activations_in_the_chosen_layout(monkeypatch):
     for dims, shape in ((3, (1, 1, 16, 16, 16)), (2, (2, 1, 32, 24))):
-        forward = fused_forward(plain_unet(dims=dims))
+        net = plain_unet(dims=dims)
         with torch.inference_mode():
-            features = forward.features(torch.randn(shape))
-            logits = forward(torch.randn(shape))
-        assert fused_unet.channels_last(features) and not features.is_contiguous()
+            last = fused_forward(net, channels_last=True).features(torch.randn(shape))
+            first = fused_forward(net, channels_last=False).features(torch.randn(shape))
+            logits = fused_forward(net, channels_last=True)(torch.randn(shape))
+        assert fused_unet.channels_last(last) and not last.is_contiguous()
+        assert first.is_contiguous()
         assert logits.is_contiguous()  # the head's output is channels first, as the sliding window adds it up
+    # the default follows the CPU: channels-last with AVX-512 only
+    net = plain_unet()
+    for capability, expected in (("AVX512", True), ("AVX2", False), ("DEFAULT", False)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert fused_unet.prefers_channels_last() == expected
+        with torch.inference_mode():
+            features = fused_forward(net).features(torch.randn(1, 1, 16, 16, 16))
+        assert features.is_contiguous() != expected
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -247,20 +259,20 @@ def test_upsample_and_concat_in_both_layouts(bias):
 
 
 @pytest.mark.parametrize("in_channels", [1, 3])
-def test_convolution_steps_give_channels_last_outputs(in_channels):
+@pytest.mark.parametrize("bias", [True, False])
+def test_convolution_steps_in_either_layout(in_channels, bias):
     torch.manual_seed(3)
-    conv = nn.Conv3d(in_channels, 5, 3, padding=1, bias=True)
+    conv = nn.Conv3d(in_channels, 5, 3, padding=1, bias=bias)
     x = torch.randn(2, in_channels, 7, 6, 5)
-    step = fused_unet._conv_step(conv)
+    last, first = fused_unet._conv_step(conv, True), fused_unet._conv_step(conv, False)
     with torch.inference_mode():
         expected = conv(x)
-        out = step(x)
-        again = step(fused_unet.to_channels_last(x))
-    assert fused_unet.channels_last(out) and fused_unet.channels_last(again)
-    assert torch.allclose(out, expected, rtol=0, atol=1e-5)
-    assert torch.allclose(again, expected, rtol=0, atol=1e-5)
+        outs = [last(x), last(fused_unet.to_channels_last(x)), first(x)]
+    assert fused_unet.channels_last(outs[0]) and fused_unet.channels_last(outs[1]) and outs[2].is_contiguous()
+    for out in outs:
+        assert torch.allclose(out, expected, rtol=0, atol=1e-5)
     conv1d = nn.Conv1d(2, 3, 3)
-    assert fused_unet._conv_step(conv1d) is conv1d  # other convolutions run as they are
+    assert fused_unet._conv_step(conv1d, True) is conv1d  # other convolutions run as they are
 
 
 # ------------------------------------------------------------------------------------------- in the predictor

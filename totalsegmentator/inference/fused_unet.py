@@ -5,10 +5,10 @@ from the module's own forward by rounding (1e-6 to 3e-6 relative) and the labels
 Measured on 2 CPU cores with nnU-Net's standard 3d_fullres network and a 128^3 tile, the module forward spends
 about a quarter of its time outside the 3x3x3 convolutions, at full resolution. This forward removes most of it:
 
-* activations channels-last (each voxel's channels side by side): oneDNN's convolutions of 32 channels at full
-  resolution run 25-30 % faster on that layout than on PyTorch's default one (measured alone; a whole 128^3
-  tile on 2 cores: 5.7 s instead of 6.6 s); one-channel inputs go to oneDNN directly, where PyTorch would take
-  its ~3x slower reference convolution;
+* on CPUs with AVX-512, activations channels-last (each voxel's channels side by side): oneDNN's convolutions
+  of 32 channels at full resolution run 25-30 % faster on that layout than on PyTorch's default one (measured
+  alone; a whole 128^3 tile on 2 cores: 5.7 s instead of 6.6 s); one-channel inputs go to oneDNN directly,
+  where PyTorch would take its ~3x slower reference convolution;
 * instance norm + leaky ReLU in place: PyTorch's instance norm writes a new full-size tensor (on the CPU, fresh
   memory costs page faults each time), this one overwrites the convolution's output;
 * transposed convolutions whose kernel equals their stride (all of nnU-Net's) are one matrix product plus one
@@ -38,9 +38,8 @@ from .argmax import (accumulated_first_maxima, as_accumulated, class_sum_rows, f
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-# convolutions that run channels-last: oneDNN's convolutions of few channels (32 at nnU-Net's full resolution)
-# are 25-30 % faster on that layout than on PyTorch's default one
-_CHANNELS_LAST_CONVS = (nn.Conv2d, nn.Conv3d)
+# convolutions that can run channels-last and take one-channel inputs straight to oneDNN
+_ONEDNN_CONVS = (nn.Conv2d, nn.Conv3d)
 # most voxels per matrix product of the head in ``pointwise_argmax``: a 128^3 tile's planes (16384 voxels) in one;
 # measured on 2 cores, chunks of 2k-8k voxels are 15-45 % slower (more calls for the same work)
 HEAD_CHUNK_VOXELS = 16384
@@ -174,8 +173,9 @@ def _upsample_and_concat_channels_last(x: torch.Tensor, transposed: nn.Module, s
     return result.movedim(-1, 1)
 
 
-def _block_plan(block: nn.Module) -> list[Callable[[torch.Tensor], torch.Tensor]] | None:
-    """The steps of one ConvDropoutNormReLU (its ``all_modules`` in order), norm and activation fused."""
+def _block_plan(block: nn.Module, last: bool) -> list[Callable[[torch.Tensor], torch.Tensor]] | None:
+    """The steps of one ConvDropoutNormReLU (its ``all_modules`` in order), norm and activation fused;
+    ``last``: convolutions give channels-last outputs."""
     modules = list(getattr(block, "all_modules", []))
     if not modules:
         return None
@@ -184,7 +184,7 @@ def _block_plan(block: nn.Module) -> list[Callable[[torch.Tensor], torch.Tensor]
     while i < len(modules):
         module = modules[i]
         if isinstance(module, _CONVS):
-            steps.append(_pointwise_step(module) if _is_pointwise(module) else _conv_step(module))
+            steps.append(_pointwise_step(module) if _is_pointwise(module) else _conv_step(module, last))
         elif isinstance(module, _NORMS):
             if module.track_running_stats or (module.affine and (module.weight is None or module.bias is None)):
                 return None
@@ -206,9 +206,10 @@ def _norm_step(norm: nn.Module, slope: float | None) -> Callable[[torch.Tensor],
     return lambda x: _instance_norm_(x, norm, slope)
 
 
-def _conv_step(conv: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A convolution whose output is channels-last (2D and 3D; other convolutions as they are)."""
-    if not isinstance(conv, _CHANNELS_LAST_CONVS):
+def _conv_step(conv: nn.Module, last: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A 2D or 3D convolution with one-channel inputs taken straight to oneDNN and, when ``last``, its output
+    channels-last (other convolutions as they are)."""
+    if not isinstance(conv, _ONEDNN_CONVS):
         return conv
     direct = (conv.in_channels == 1 and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
               and torch.backends.mkldnn.is_available())
@@ -220,7 +221,7 @@ def _conv_step(conv: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
                                                     conv.stride, conv.dilation, conv.groups)
         else:
             out = conv(x)
-        return to_channels_last(out)
+        return to_channels_last(out) if last else out
 
     return step
 
@@ -234,7 +235,7 @@ def _is_pointwise(conv: nn.Module) -> bool:
             and all(p == 0 for p in conv.padding))
 
 
-def _stack_plan(stage: nn.Module) -> list[Callable[[torch.Tensor], torch.Tensor]] | None:
+def _stack_plan(stage: nn.Module, last: bool) -> list[Callable[[torch.Tensor], torch.Tensor]] | None:
     """All steps of a StackedConvBlocks stage (the encoder wraps each in a Sequential; pooling is not supported)."""
     blocks = getattr(stage, "convs", None)
     if blocks is None and isinstance(stage, nn.Sequential) and len(stage) == 1:
@@ -243,7 +244,7 @@ def _stack_plan(stage: nn.Module) -> list[Callable[[torch.Tensor], torch.Tensor]
         return None
     steps: list[Callable[[torch.Tensor], torch.Tensor]] = []
     for block in blocks:
-        block_steps = _block_plan(block)
+        block_steps = _block_plan(block, last)
         if block_steps is None:
             return None
         steps += block_steps
@@ -381,16 +382,25 @@ def _check_finite(maxima: torch.Tensor, dtype: torch.dtype) -> None:
         raise RuntimeError(f"the {dtype} logit accumulator overflowed; predict with accumulate_dtype=torch.float32")
 
 
-def fused_forward(network: nn.Module) -> FusedUNet | None:
+def prefers_channels_last() -> bool:
+    """Whether this CPU runs the fused forward faster channels-last: with AVX-512 (measured on 2 cores: oneDNN's
+    full-resolution convolutions 25-30 % faster, a 128^3 tile 17 %); with oneDNN held to AVX2 the layouts are on
+    par, channels-last slightly slower, so other CPUs keep PyTorch's default layout."""
+    return torch.backends.cpu.get_cpu_capability().upper().startswith("AVX512")
+
+
+def fused_forward(network: nn.Module, channels_last: bool | None = None) -> FusedUNet | None:
     """The fused inference forward of ``network`` (a PlainConvUNet in eval mode), or None when its layout is
-    not the expected one. Weights are read at call time, so loading another fold's state dict is seen."""
+    not the expected one. Weights are read at call time, so loading another fold's state dict is seen.
+    ``channels_last``: the activations' layout (None: ``prefers_channels_last()``)."""
     encoder, decoder = getattr(network, "encoder", None), getattr(network, "decoder", None)
     if encoder is None or decoder is None or network.training:
         return None
     if getattr(decoder, "deep_supervision", True) or not getattr(encoder, "return_skips", False):
         return None
-    encoder_plans = [_stack_plan(stage) for stage in getattr(encoder, "stages", [])]
-    decoder_plans = [_stack_plan(stage) for stage in getattr(decoder, "stages", [])]
+    last = prefers_channels_last() if channels_last is None else channels_last
+    encoder_plans = [_stack_plan(stage, last) for stage in getattr(encoder, "stages", [])]
+    decoder_plans = [_stack_plan(stage, last) for stage in getattr(decoder, "stages", [])]
     transposed = list(getattr(decoder, "transpconvs", []))
     seg_layers = list(getattr(decoder, "seg_layers", []))
     if (not encoder_plans or any(p is None for p in encoder_plans + decoder_plans)
