@@ -28,14 +28,10 @@ MODES: dict[str, dict] = {
 def main(argv: list[str]) -> int:
     mode, input_path, output_path, result_path = argv[:4]
     extra = json.loads(argv[4]) if len(argv) > 4 else {}
-    from totalsegmentator.bin._common import skip_final_collection
-    from totalsegmentator.gc_pause import garbage_collection_paused
-    from totalsegmentator.heap_reuse import reuse_freed_memory
+    from totalsegmentator.bin._common import last_run_of_process
     from totalsegmentator.timing import StageTimer
 
-    # as the TotalSegmentator command makes the call: the process ends after it
-    skip_final_collection()
-    with garbage_collection_paused(), reuse_freed_memory(trim=False):
+    with last_run_of_process():  # as the TotalSegmentator command makes the call
         from totalsegmentator.python_api import totalsegmentator
 
         imported = time.perf_counter()
@@ -49,11 +45,11 @@ def main(argv: list[str]) -> int:
         import totalsegmentator
         from totalsegmentator.inference import predictor
 
-        result = {"package": str(Path(totalsegmentator.__file__).parent), "stages": timer.as_dict(),
-                  "predictor": predictor.STAGE_TIMER.as_dict(), "call_wall_s": round(wall, 3),
-                  "call_cpu_s": round(cpu, 3), "import_s": round(imported - START, 3)}
-        with open(result_path, "w") as f:
-            json.dump(result, f)
+    result = {"package": str(Path(totalsegmentator.__file__).parent), "stages": timer.as_dict(),
+              "predictor": predictor.STAGE_TIMER.as_dict(), "call_wall_s": round(wall, 3),
+              "call_cpu_s": round(cpu, 3), "import_s": round(imported - START, 3)}
+    with open(result_path, "w") as f:
+        json.dump(result, f)
     return 0
 
 

@@ -16,8 +16,7 @@ from typing import Any
 from .. import __version__
 from ..options import COMPILE_MODES, OUTPUT_TYPE_ALIASES, OUTPUT_TYPES, PRECISIONS, Options, is_nifti_path
 from ..registry import TASKS, format_classes_table, format_tasks_table, get_task
-from ._common import (EXIT_OK, OneLineParser, absolute_path, print_warning, run_command, skip_final_collection,
-                      task_name)
+from ._common import EXIT_OK, OneLineParser, absolute_path, last_run_of_process, print_warning, run_command, task_name
 
 PROG = "TotalSegmentator"
 # CLI-only: the DICOM Modality tag switches between the CT and MR variants of the main task.
@@ -276,12 +275,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     kwargs = api_kwargs_from_args(args)
     Options(**kwargs).validated()  # fails here, before the heavy imports below
 
-    from ..gc_pause import garbage_collection_paused  # noqa: PLC0415
-    from ..heap_reuse import reuse_freed_memory  # noqa: PLC0415
-
-    skip_final_collection()
-    # the process ends after the run: handing free memory back or collecting garbage would only cost time
-    with garbage_collection_paused(), reuse_freed_memory(trim=False):
+    with last_run_of_process():
         from ..python_api import totalsegmentator  # noqa: PLC0415 - imports torch/nnU-Net: only after validation
 
         totalsegmentator(**kwargs)

@@ -11,7 +11,8 @@ import atexit
 import gc
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -38,6 +39,19 @@ def skip_final_collection() -> None:
     if not _final_collection_skipped:
         atexit.register(gc.freeze)
         _final_collection_skipped = True
+
+
+@contextmanager
+def last_run_of_process() -> Iterator[None]:
+    """Where a command makes its one segmentation call, the process ending right after it: no automatic garbage
+    collection (nor the one at shutdown) and freed memory kept for reuse, not handed back (both would only cost
+    time)."""
+    from ..gc_pause import garbage_collection_paused  # noqa: PLC0415
+    from ..heap_reuse import reuse_freed_memory  # noqa: PLC0415
+
+    skip_final_collection()
+    with garbage_collection_paused(), reuse_freed_memory(trim=False):
+        yield
 
 
 def one_line(text: object) -> str:
