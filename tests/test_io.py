@@ -487,6 +487,25 @@ def test_crc_of_runs_is_zlibs(n):
     assert crc == zlib.crc32(header + mask.tobytes())
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_bit_packing_matches_a_plain_bit_writer(seed):
+    """Tokens (set bits in their first 16, lengths up to several 64-bit words of zeros) packed LSB-first after a
+    started byte, paired or not, give the bytes and the carry of a bit-by-bit writer."""
+    rng = np.random.default_rng(seed)
+    count = int(rng.integers(1, 3000))
+    bits = rng.integers(1, 17, count)
+    if seed % 2:  # long tokens (full matches: zero bits after the head) prevent pairing
+        bits[rng.random(count) < 0.1] += rng.integers(1, 300)
+    heads = np.minimum(bits, 16)
+    val = (rng.integers(0, 1 << 16, count) & ((1 << heads) - 1)).astype(np.uint64)
+    carry = (int(rng.integers(0, 1 << 7)) & ((1 << (seed % 8)) - 1), seed % 8)
+    stream = carry[0] | sum(int(v) << int(p) for v, p in zip(val, np.cumsum(bits) - bits + carry[1]))
+    total = int(bits.sum()) + carry[1]
+    data, (value, nbits) = writers._pack_bits(val, bits.astype(np.int64), carry)
+    assert data == (stream & ((1 << (total // 8 * 8)) - 1)).to_bytes(total // 8, "little")
+    assert (value, nbits) == (stream >> (total // 8 * 8), total % 8)
+
+
 def test_mask_gzip_special_volumes():
     header = b"HEADER" * 60
     for shape, fill in (((70, 50, 9), 0), ((170, 150, 9), 1), ((600, 1, 1), 1), ((3, 1, 1), 1)):

@@ -265,11 +265,15 @@ def _run_tokens(lengths: np.ndarray, first_value: int) -> tuple[np.ndarray, np.n
     rest below 258 first, then the full 258-byte matches, whose codes are all 0 bits and only lengthen the token.
     """
     t = _deflate_tables()
-    full, rest = np.divmod(np.asarray(lengths, dtype=np.int64) - 1, _MAX_MATCH)
+    rest = np.subtract(lengths, 1, dtype=np.int64)
+    # runs longer than one literal and a full match are few: dividing only those is ~10x cheaper than divmod
+    long_runs = np.flatnonzero(rest >= _MAX_MATCH)
+    full = rest[long_runs] // _MAX_MATCH
+    rest[long_runs] -= full * _MAX_MATCH
     rest[1 - first_value::2] += _MAX_MATCH  # runs of ones take the heads of byte 1
     val = t["head_val"][rest]
     bits = t["head_bits"][rest]
-    bits += full * t["full_bits"]
+    bits[long_runs] += full * t["full_bits"]
     return val, bits
 
 
@@ -283,10 +287,10 @@ def _group_starts(keys: np.ndarray) -> np.ndarray:
 
 def _pack_bits(val: np.ndarray, bits: np.ndarray, carry: tuple[int, int]) -> tuple[bytes, tuple[int, int]]:
     """Pack tokens LSB-first after ``carry`` (value, bit count < 8 of a started byte); returns the complete bytes
-    and the new carry. A token may be longer than 64 bits as long as its set bits lie in its first 41."""
+    and the new carry. A token may be longer than 64 bits as long as its set bits lie in its first 16."""
     if val.size == 0:
         return b"", carry
-    if val.size > 1 and int(bits[0::2].max()) <= 16:  # pairs as one token: half the work below
+    if val.size > 1 and int(bits[0::2].max()) <= 16:  # pairs as one token (set bits in the first 32): half the work
         if val.size % 2:
             val = np.append(val, np.uint64(0))
             bits = np.append(bits, 0)
@@ -296,19 +300,18 @@ def _pack_bits(val: np.ndarray, bits: np.ndarray, carry: tuple[int, int]) -> tup
     total = int(pos[-1]) + carry[1]
     pos -= bits
     pos += carry[1]  # the started byte's bits come first
-    word = pos >> 6
-    shift = pos.view(np.uint64)  # pos is free now: its low 6 bits in place
-    shift &= np.uint64(63)
-    words = np.zeros(total // 64 + 2, dtype=np.uint64)
+    # each token shifted into the 64-bit pair of 32-bit words it starts in (it cannot reach a third word), the
+    # tokens starting in one word OR-ed together, then each pair's high half added to the next word
+    word = pos >> 5
+    shift = pos.view(np.uint64)  # pos is free now: its low 5 bits in place
+    shift &= np.uint64(31)
+    wide = np.zeros(total // 32 + 2, dtype=np.uint64)
     starts = _group_starts(word)
-    words[word[starts]] = np.bitwise_or.reduceat(val << shift, starts)
-    words[0] |= np.uint64(carry[0])
-    high = val >> (np.uint64(63) - shift)
-    high >>= np.uint64(1)  # the set bits crossing into the next word (in two steps: a shift by 64 is undefined)
-    spill = np.flatnonzero(high)
-    if spill.size:
-        words[word[spill] + 1] |= high[spill]
-    data = words.astype("<u8", copy=False).view(np.uint8)
+    wide[word[starts]] = np.bitwise_or.reduceat(val << shift, starts)
+    wide[0] |= np.uint64(carry[0])
+    words = wide.astype(np.uint32)  # the low halves
+    words[1:] |= (wide[:-1] >> np.uint64(32)).astype(np.uint32)
+    data = words.astype("<u4", copy=False).view(np.uint8)
     full, rest = divmod(total, 8)
     return data[:full].tobytes(), (int(data[full]) if rest else 0, rest)
 
