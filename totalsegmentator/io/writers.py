@@ -266,7 +266,8 @@ def _run_tokens(lengths: np.ndarray, first_value: int) -> tuple[np.ndarray, np.n
     """
     t = _deflate_tables()
     rest = np.subtract(lengths, 1, dtype=np.int64)
-    # runs longer than one literal and a full match are few: dividing only those is ~10x cheaper than divmod
+    # numpy's integer division has no vector instructions: dividing only the runs that reach a full match is
+    # ~3x cheaper than a divmod of all, even where half of them do (the zero gaps of noisy masks)
     long_runs = np.flatnonzero(rest >= _MAX_MATCH)
     full = rest[long_runs] // _MAX_MATCH
     rest[long_runs] -= full * _MAX_MATCH
