@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import itertools
+import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -236,6 +238,24 @@ def test_progress_bar_over_tiles(single, capsys):
     assert "Predicting" in err and "tile" in err
     predict_labels(single, ct_like(), (1.5, 1.5, 1.5), 0.5, progress=False)
     assert "Predicting" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("precision, float32", [("fp32", True), ("auto", False), ("fp16", False)])
+def test_float32_on_cuda_runs_without_tensorfloat32(monkeypatch, precision, float32):
+    """Asked for float32 on CUDA, cuDNN and CUDA's matrix products do not round to TensorFloat-32 (PyTorch's
+    default for convolutions) while the sliding window runs; the switches are restored after it."""
+    seen = []
+
+    def fake(model, data, *args):
+        seen.append(predictor._cuda_flags())
+        return torch.zeros((2, *data.shape[1:]))
+
+    monkeypatch.setattr(predictor, "_sliding_window", fake)
+    model = SimpleNamespace(device=torch.device("cuda"), num_input_channels=1, lock=threading.Lock())
+    before = predictor._cuda_flags()
+    predict_logits(model, torch.zeros((1, 4, 4, 4)), mixed_precision=precision)
+    assert seen == [(True, before[1] and not float32, before[2] and not float32)]
+    assert predictor._cuda_flags() == before
 
 
 def test_out_of_memory_on_device_falls_back_to_cpu(single, monkeypatch, caplog):

@@ -245,7 +245,7 @@ def predict_logits(model: LoadedModel, data_czyx: torch.Tensor | np.ndarray, ste
     The result lies on ``results_device`` (default: the model's device; the CPU when that runs out of memory).
     ``mixed_precision`` chooses the network's precision: None (default: ``$TOTALSEG_PRECISION``, else "auto") or
     "auto" is nnU-Net's choice, float16 autocast on CUDA and float32 elsewhere; False or "fp32" is float32
-    everywhere; float32 on the CPU uses the fused forward (``fused_unet.py``) unless the setting is "exact",
+    everywhere (on CUDA without TensorFloat-32 products for the call); float32 on the CPU uses the fused forward (``fused_unet.py``) unless the setting is "exact",
     which is nnU-Net's choice run through nnU-Net's own modules (logits identical bit for bit). True is autocast
     with the device's usual half type (CUDA float16, CPU bfloat16); "fp16" / "bf16" is autocast with that type.
     Half precision changes the argmax of near-ties (see the README, "Speed and memory"); logits are accumulated
@@ -270,9 +270,12 @@ def predict_logits(model: LoadedModel, data_czyx: torch.Tensor | np.ndarray, ste
         return _sliding_window(model, data, step_size, on, accumulate_dtype, tile_batch_size, autocast_dtype,
                                progress, compile_mode, fused)
 
-    old_benchmark = torch.backends.cudnn.benchmark
+    old_flags = _cuda_flags()
     if model.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # all tiles have one shape
+        if autocast_dtype is None:  # float32 asked for: no TensorFloat-32 (10-bit mantissa) products either
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
     try:
         with model.lock:
             try:
@@ -284,7 +287,16 @@ def predict_logits(model: LoadedModel, data_czyx: torch.Tensor | np.ndarray, ste
             logger.warning("not enough %s memory for the logits; accumulating them on the CPU", results_device)
             return run(torch.device("cpu"))
     finally:
-        torch.backends.cudnn.benchmark = old_benchmark
+        _set_cuda_flags(old_flags)
+
+
+def _cuda_flags() -> tuple[bool, bool, bool]:
+    """cuDNN's autotuning and the TensorFloat-32 switches of cuDNN and of CUDA matrix products."""
+    return (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+
+
+def _set_cuda_flags(flags: tuple[bool, bool, bool]) -> None:
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
 
 
 def _clean_image(image_xyz: np.ndarray) -> np.ndarray:
