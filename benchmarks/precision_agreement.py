@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             if "voxels" not in r:
                 print(f"{case}: {r}")
                 continue
-            parts = [f"{case}: {r['voxels']} voxels ({100 * r['decided_fraction']:.1f}% decided), exact {r['exact_s']} s"]
+            parts = [f"{case}: {r['voxels']} voxels ({100 * r['decided_fraction']:.1f}% decided), "
+                     f"exact {r['exact_s']} s"]
             for precision in precisions:
                 q = r[precision]
                 parts.append(f"{precision}: " + (q["error"] if "error" in q else

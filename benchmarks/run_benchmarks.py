@@ -50,33 +50,73 @@ FULL_MODES = ("fast", "fastest", "total", "roi_subset", "ml")
 QUICK_MODES = ("fast", "fastest")
 
 
-class TreeMemory:
-    """Peak of the summed resident memory of a process and all its descendants, sampled in a thread."""
+class GpuProcessMemory:
+    """GPU memory in use per process id, summed over all GPUs, read through NVML (``nvidia-ml-py``)."""
 
-    def __init__(self, pid: int, interval: float = 0.02) -> None:
+    def __init__(self, nvml) -> None:
+        self.nvml = nvml
+        self.handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+
+    @classmethod
+    def open(cls) -> "GpuProcessMemory | None":
+        """The reader, or None where NVML (the package or an NVIDIA driver) is not available."""
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            return cls(pynvml)
+        except Exception:  # ImportError, NVMLError (no driver, no device)
+            return None
+
+    def by_pid(self) -> dict[int, int]:
+        used: dict[int, int] = {}
+        for handle in self.handles:
+            try:
+                processes = self.nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+            except Exception:  # a device that went away, a driver that cannot tell
+                continue
+            for proc in processes:
+                if proc.usedGpuMemory is not None:  # None where the driver cannot attribute memory
+                    used[proc.pid] = used.get(proc.pid, 0) + int(proc.usedGpuMemory)
+        return used
+
+
+class TreeMemory:
+    """Peak of the summed resident memory of a process and all its descendants, sampled in a thread; with a
+    ``GpuProcessMemory`` also the peak of their summed GPU memory."""
+
+    def __init__(self, pid: int, interval: float = 0.02, gpu: GpuProcessMemory | None = None) -> None:
         self.root = psutil.Process(pid)
         self.interval = interval
+        self.gpu = gpu
         self.peak = 0
+        self.gpu_peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _sample(self) -> int:
-        total = 0
+    def _sample(self) -> tuple[int, int]:
         try:
             procs = [self.root] + self.root.children(recursive=True)
         except psutil.Error:
-            return 0
+            return 0, 0
+        total = 0
         for proc in procs:
             try:
                 total += proc.memory_info().rss
             except psutil.Error:
                 pass
-        return total
+        gpu_total = 0
+        if self.gpu is not None:
+            used = self.gpu.by_pid()
+            gpu_total = sum(used.get(proc.pid, 0) for proc in procs)
+        return total, gpu_total
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
+            rss, gpu = self._sample()
+            self.peak = max(self.peak, rss)
+            self.gpu_peak = max(self.gpu_peak, gpu)
             self._stop.wait(self.interval)
 
     def stop(self) -> int:
@@ -85,30 +125,34 @@ class TreeMemory:
         return self.peak
 
 
-def run_measured(cmd: list[str], env: dict, cwd: Path, log: Path) -> dict:
-    """Run ``cmd``; wall time, CPU time (with all reaped descendants) and peak tree RSS."""
+def run_measured(cmd: list[str], env: dict, cwd: Path, log: Path, gpu: GpuProcessMemory | None = None) -> dict:
+    """Run ``cmd``; wall time, CPU time (with all reaped descendants), peak tree RSS and, with ``gpu``, the peak
+    GPU memory of the tree (as NVML reports it per process: the CUDA context included)."""
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
-        memory = TreeMemory(proc.pid)
+        memory = TreeMemory(proc.pid, gpu=gpu)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
     peak = memory.stop()
-    return {"returncode": proc.returncode, "wall_s": round(wall, 3),
-            "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
-            "peak_rss_mb": round(max(peak, usage.ru_maxrss * 1024) / 2**20, 1),
-            "max_single_rss_mb": round(usage.ru_maxrss / 1024, 1), "load_before": round(load_before, 2)}
+    run = {"returncode": proc.returncode, "wall_s": round(wall, 3), "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+           "peak_rss_mb": round(max(peak, usage.ru_maxrss * 1024) / 2**20, 1),
+           "max_single_rss_mb": round(usage.ru_maxrss / 1024, 1), "load_before": round(load_before, 2)}
+    if gpu is not None:
+        run["peak_gpu_mb"] = round(memory.gpu_peak / 2**20, 1)
+    return run
 
 
-def ours(mode: str, ct: Path, work: Path, env: dict, index: int, extra: dict) -> dict:
+def ours(mode: str, ct: Path, work: Path, env: dict, index: int, extra: dict,
+         gpu: GpuProcessMemory | None = None) -> dict:
     out = work / "out" / f"ours_{mode}_{index}"
     out = out.with_suffix(".nii.gz") if mode == "ml" else out
     result_json = work / "out" / f"ours_{mode}_{index}.json"
     log = work / "out" / f"ours_{mode}_{index}.log"
     cmd = [sys.executable, str(HERE / "worker.py"), mode, str(ct), str(out), str(result_json), json.dumps(extra)]
-    run = run_measured(cmd, env, HERE.parent, log)
+    run = run_measured(cmd, env, HERE.parent, log, gpu)
     if run["returncode"] != 0:
         raise RuntimeError(f"our {mode} run failed, see {log}:\n" + log.read_text()[-3000:])
     inner = json.loads(result_json.read_text())
@@ -117,7 +161,8 @@ def ours(mode: str, ct: Path, work: Path, env: dict, index: int, extra: dict) ->
     return run
 
 
-def official(mode: str, ct: Path, work: Path, env: dict, index: int, python: Path, device: str = "cpu") -> dict:
+def official(mode: str, ct: Path, work: Path, env: dict, index: int, python: Path, device: str = "cpu",
+             gpu: GpuProcessMemory | None = None) -> dict:
     out = work / "out" / f"official_{mode}_{index}"
     out = out.with_suffix(".nii.gz") if mode == "ml" else out
     log = work / "out" / f"official_{mode}_{index}.log"
@@ -127,7 +172,7 @@ def official(mode: str, ct: Path, work: Path, env: dict, index: int, python: Pat
     cmd = ([str(python), str(script)] if script.is_file() else
            [str(python), "-c", "from totalsegmentator.bin.TotalSegmentator import main; main()"])
     cmd += ["-i", str(ct), "-o", str(out), "-d", device, *OFFICIAL_FLAGS[mode]]
-    run = run_measured(cmd, env, work, log)
+    run = run_measured(cmd, env, work, log, gpu)
     if run["returncode"] != 0:
         raise RuntimeError(f"official {mode} run failed, see {log}:\n" + log.read_text()[-3000:])
     _remove(out)
@@ -143,7 +188,7 @@ def _remove(path: Path) -> None:
 
 def summarize(runs: list[dict]) -> dict:
     """Medians over repeated runs (stage times per stage)."""
-    keys = ("wall_s", "cpu_s", "peak_rss_mb", "call_wall_s", "call_cpu_s", "import_s", "load_before")
+    keys = ("wall_s", "cpu_s", "peak_rss_mb", "peak_gpu_mb", "call_wall_s", "call_cpu_s", "import_s", "load_before")
     out = {k: round(statistics.median(r[k] for r in runs), 3) for k in keys if all(k in r for r in runs)}
     for part in ("stages", "predictor"):
         if all(part in r for r in runs):
@@ -239,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     official_modes = tuple(args.official_modes.split(",")) if args.official_modes else modes
     repeat = args.repeat or (1 if args.quick else 3)
     extra = {"device": args.device, **{k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}}
+    gpu = GpuProcessMemory.open() if args.device != "cpu" else None  # GPU memory of each run's processes
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="totalseg_bench_"))
     work = work.resolve()
@@ -270,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         entry: dict = {}
         runs = []
         for i in range(repeat):
-            runs.append(ours(mode, ct, work, env, i, dict(extra)))
+            runs.append(ours(mode, ct, work, env, i, dict(extra), gpu))
             print(f"  ours     {mode:10s} run {i + 1}: {runs[-1]['wall_s']:.1f} s, {runs[-1]['peak_rss_mb']:.0f} MB "
                   f"(load avg before {runs[-1]['load_before']})", flush=True)
         entry["ours"] = summarize(runs)
@@ -279,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.official_python and mode in official_modes:
             oruns = []
             for i in range(repeat):
-                oruns.append(official(mode, ct, work, env, i, args.official_python, args.device))
+                oruns.append(official(mode, ct, work, env, i, args.official_python, args.device, gpu))
                 print(f"  official {mode:10s} run {i + 1}: {oruns[-1]['wall_s']:.1f} s, "
                       f"{oruns[-1]['peak_rss_mb']:.0f} MB (load avg before {oruns[-1]['load_before']})", flush=True)
             entry["official"] = summarize(oruns)
@@ -287,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
             o, u = entry["official"], entry["ours"]
             entry["ratio"] = {"wall": round(o["wall_s"] / u["wall_s"], 2), "cpu": round(o["cpu_s"] / u["cpu_s"], 2),
                               "memory": round(o["peak_rss_mb"] / u["peak_rss_mb"], 2)}
+            if o.get("peak_gpu_mb") and u.get("peak_gpu_mb"):
+                entry["ratio"]["gpu_memory"] = round(o["peak_gpu_mb"] / u["peak_gpu_mb"], 2)
         results["modes"][mode] = entry
 
     table = format_table(results)
@@ -294,6 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(LEGEND)
     for mode, entry in results["modes"].items():
+        gpu_peaks = [f"{tool} {entry[tool]['peak_gpu_mb']:.0f} MB" for tool in ("ours", "official")
+                     if entry.get(tool, {}).get("peak_gpu_mb") is not None]
+        if gpu_peaks:
+            print(f"{mode}: peak GPU memory (NVML, all processes of a run): {', '.join(gpu_peaks)}")
         b = entry["ours"].get("breakdown")
         if b:
             print(f"{mode}: overhead around the network forward {b['overhead_s']:.1f} s = "

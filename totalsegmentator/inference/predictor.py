@@ -245,9 +245,10 @@ def predict_logits(model: LoadedModel, data_czyx: torch.Tensor | np.ndarray, ste
     The result lies on ``results_device`` (default: the model's device; the CPU when that runs out of memory).
     ``mixed_precision`` chooses the network's precision: None (default: ``$TOTALSEG_PRECISION``, else "auto") or
     "auto" is nnU-Net's choice, float16 autocast on CUDA and float32 elsewhere; False or "fp32" is float32
-    everywhere (on CUDA without TensorFloat-32 products for the call); float32 on the CPU uses the fused forward (``fused_unet.py``) unless the setting is "exact",
-    which is nnU-Net's choice run through nnU-Net's own modules (logits identical bit for bit). True is autocast
-    with the device's usual half type (CUDA float16, CPU bfloat16); "fp16" / "bf16" is autocast with that type.
+    everywhere (on CUDA without TensorFloat-32 products for the call); float32 on the CPU uses the fused forward
+    (``fused_unet.py``) unless the setting is "exact", which is nnU-Net's choice run through nnU-Net's own modules
+    (logits identical bit for bit). True is autocast with the device's usual half type (CUDA float16, CPU
+    bfloat16); "fp16" / "bf16" is autocast with that type.
     Half precision changes the argmax of near-ties (see the README, "Speed and memory"); logits are accumulated
     as ``accumulate_dtype`` either way. ``compile_mode`` (auto/on/off) runs a single-fold network through
     ``torch.compile`` (see ``inference/compile.py``).
