@@ -487,23 +487,50 @@ def test_crc_of_runs_is_zlibs(n):
     assert crc == zlib.crc32(header + mask.tobytes())
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(8))
 def test_bit_packing_matches_a_plain_bit_writer(seed):
-    """Tokens (set bits in their first 16, lengths up to several 64-bit words of zeros) packed LSB-first after a
-    started byte, paired or not, give the bytes and the carry of a bit-by-bit writer."""
+    """Tokens (set bits in their first 32, lengths up to several 64-bit words of zeros), some with extra bits
+    further in, packed LSB-first after a started byte give the bytes and the carry of a bit-by-bit writer."""
     rng = np.random.default_rng(seed)
     count = int(rng.integers(1, 3000))
-    bits = rng.integers(1, 17, count)
-    if seed % 2:  # long tokens (full matches: zero bits after the head) prevent pairing
+    bits = rng.integers(1, 33, count)
+    if seed % 2:  # long tokens (full matches: zero bits after the heads)
         bits[rng.random(count) < 0.1] += rng.integers(1, 300)
-    heads = np.minimum(bits, 16)
-    val = (rng.integers(0, 1 << 16, count) & ((1 << heads) - 1)).astype(np.uint64)
+    heads = np.minimum(bits, 32)
+    val = (rng.integers(0, 1 << 32, count) & ((1 << heads) - 1)).astype(np.uint64)
     carry = (int(rng.integers(0, 1 << 7)) & ((1 << (seed % 8)) - 1), seed % 8)
-    stream = carry[0] | sum(int(v) << int(p) for v, p in zip(val, np.cumsum(bits) - bits + carry[1]))
+    starts = np.cumsum(bits) - bits + carry[1]
+    stream = carry[0] | sum(int(v) << int(p) for v, p in zip(val, starts))
+    extra = None
+    if seed % 2:  # extra bits beyond the first 32 of some long tokens, one next to the other's last bit
+        where = np.flatnonzero(bits > 48)[::2]
+        offsets = np.array([int(rng.integers(33, b - 15)) for b in bits[where]], np.int64)
+        offsets[-1:] = bits[where[-1:]] - 16
+        values = rng.integers(1, 1 << 16, where.size).astype(np.uint64)
+        extra = (where, offsets, values)
+        stream |= sum(int(v) << int(starts[i] + o) for i, o, v in zip(where, offsets, values))
     total = int(bits.sum()) + carry[1]
-    data, (value, nbits) = writers._pack_bits(val, bits.astype(np.int64), carry)
+    data, (value, nbits) = writers._pack_bits(val, bits.astype(np.int64), carry, extra)
     assert data == (stream & ((1 << (total // 8 * 8)) - 1)).to_bytes(total // 8, "little")
     assert (value, nbits) == (stream >> (total // 8 * 8), total % 8)
+
+
+def test_mask_runs_around_full_matches():
+    """Runs of ones and zeros of every length around the 258-byte matches, next to each other in all orders
+    (a run of ones with full matches before a short zero run puts that zero run's bits past the pair's first
+    32), at the start and the end of the mask."""
+    lengths = [1, 2, 3, 4, 257, 258, 259, 260, 515, 516, 517, 1000]
+    rng = np.random.default_rng(7)
+    for ends_with_one in (False, True):
+        pieces = []
+        for ones in lengths:
+            for zeros in lengths:
+                pieces += [np.ones(ones, np.uint8), np.zeros(zeros, np.uint8)]
+        order = rng.permutation(len(pieces) // 2)
+        mask = np.concatenate([np.zeros(259, np.uint8)] + [pieces[2 * i + k] for i in order for k in (0, 1)]
+                              + [np.ones(int(ends_with_one), np.uint8)])
+        content = MaskGzipEncoder(b"HEAD" * 90, (mask.size, 1, 1)).encode(mask[:, None, None], [1])[0]
+        assert gzip.decompress(content) == b"HEAD" * 90 + mask.tobytes()
 
 
 def test_mask_gzip_special_volumes():
