@@ -4,7 +4,7 @@ Output headers are copies of the reference (input) header: extensions, qform/sfo
 kept, the data type becomes uint8 and scaling is unset. Every file is written atomically.
 
 Per-class files at the default gzip level are encoded by :class:`MaskGzipEncoder` (run-length deflate, see the
-end of this module): 117 masks of a 458x379x224 CT take 0.2-0.5 s instead of ~25 s with zlib, are smaller than
+end of this module): 117 masks of a 458x379x224 CT take 0.1-0.4 s instead of ~25 s with zlib, are smaller than
 zlib's level 1, and decompress to exactly the bytes nibabel writes.
 """
 from __future__ import annotations
@@ -492,7 +492,7 @@ class MaskGzipEncoder:
 
     The decompressed content is ``header`` followed by the mask bytes in Fortran order, exactly as nibabel
     writes a uint8 mask; the compressed form is run-length deflate, written in time proportional to the runs of
-    a class, not to the volume (117 compact organ masks of a 458x379x224 CT: 0.16 s and 4.9 MB on 2 cores, where
+    a class, not to the volume (117 compact organ masks of a 458x379x224 CT: 0.11 s and 4.9 MB on 2 cores, where
     zlib level 1 / 6 need ~12 s / 22 s; the noisy masks of random weights: 0.36 s and 18.8 MB, zlib level 1:
     33 MB).
     """
