@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from totalsegmentator.heap_reuse import reuse_freed_memory  # noqa: E402
+from totalsegmentator.inference.device import as_torch_device  # noqa: E402
 from totalsegmentator.inference.model import load_model  # noqa: E402
 from totalsegmentator.inference.predictor import predict_logits, tile_slicers  # noqa: E402
 from totalsegmentator.testing.tiny_weights import (REALISTIC_FEATURES, REALISTIC_PATCH,  # noqa: E402
@@ -34,7 +35,7 @@ def measure(device: str, batch_sizes: list[int], shape: tuple[int, int, int], re
             realistic: bool = True) -> dict:
     """Time and logits of ``predict_logits`` per tile batch size (the first is the reference); ``realistic``:
     the full-size network, else the tiny fixture one."""
-    torch_device = torch.device("cuda" if device == "gpu" else "cpu")
+    torch_device = as_torch_device(device)
     architecture = {"features": REALISTIC_FEATURES, "patch_size": REALISTIC_PATCH} if realistic else {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_tiny_dataset(Path(tmp), 297, **architecture)

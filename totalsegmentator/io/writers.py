@@ -277,9 +277,10 @@ def _split_full_matches(rest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _mask_tokens(starts: np.ndarray, ends: np.ndarray, n: int
-                 ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                 ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
     """Tokens (bit values, bit counts) of an ``n``-byte mask whose ones are the runs ``[starts[i], ends[i])``
-    (ascending, separated by zeros), and the extra tokens that did not fit their pair (see :func:`_pack_bits`).
+    (ascending, separated by zeros), and the extra tokens that did not fit their pair (see :func:`_pack_bits`;
+    None when there are none).
 
     Each run of equal bytes is a literal, then matches of distance 1 in any order (each copies the same byte):
     the literal and the rest below 258 first (the run's head), then the full 258-byte matches, whose codes are
@@ -298,9 +299,8 @@ def _mask_tokens(starts: np.ndarray, ends: np.ndarray, n: int
         val[0], bits[0] = t["head_val"][rest], t["head_bits"][rest] + full * fill_bits
     else:
         val[0], bits[0] = 0, 0
-    no_extra = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint64))
     if not k:
-        return val, bits, no_extra
+        return val, bits, None
     ones = np.subtract(ends, starts, dtype=np.int64)
     ones -= 1
     zeros = np.empty(k, dtype=np.int64)
@@ -317,7 +317,7 @@ def _mask_tokens(starts: np.ndarray, ends: np.ndarray, n: int
     np.take(t["pair_bits"], index, out=bits[1:])
     bits[long_zeros + 1] += full_zeros * fill_bits
     if not long_ones.size:
-        return val, bits, no_extra
+        return val, bits, None
     tokens = long_ones + 1
     one_rest = ones[long_ones] + _MAX_MATCH
     val[tokens] = t["head_val"][one_rest]
