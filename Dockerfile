@@ -8,9 +8,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TOTALSEG_HOME_DIR=/opt/totalsegmentator
 
 WORKDIR /opt/src
-COPY pyproject.toml README.md LICENSE ./
+COPY pyproject.toml setup.py README.md LICENSE ./
 COPY totalsegmentator ./totalsegmentator
-RUN pip install --no-cache-dir . && mkdir -p /opt/totalsegmentator
+# gcc only to build the mask writer's C loops (optional; without it the writer uses numpy), then removed
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install --no-cache-dir . \
+    && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/* \
+    && (cd / && python -c "import totalsegmentator.io._maskcodec") && mkdir -p /opt/totalsegmentator
 
 WORKDIR /tmp
 CMD ["TotalSegmentator", "--help"]

@@ -5,6 +5,7 @@ import gzip
 import zlib
 import logging
 import os
+import shutil
 import struct
 
 import nibabel as nib
@@ -437,6 +438,18 @@ def test_other_formats_become_nifti1(tmp_path):
 
 # ------------------------------------------------------------------------------------ fast per-class gzip files
 
+_COMPILED = writers._maskcodec
+
+
+@pytest.fixture(params=["c", "numpy"])
+def encoder_loops(request, monkeypatch):
+    """Runs a test with the writer's C loops (skipped where the extension is not built) and with numpy's."""
+    if request.param == "c" and _COMPILED is None:
+        pytest.skip("the C extension totalsegmentator.io._maskcodec is not built")
+    monkeypatch.setattr(writers, "_maskcodec", _COMPILED if request.param == "c" else None)
+    return request.param
+
+
 def _blobby_labels(shape, n_labels, seed):
     """Labels in blobs and runs of all lengths (runs > 258, single voxels, whole rows) plus scattered noise."""
     rng = np.random.default_rng(seed)
@@ -452,11 +465,12 @@ def _blobby_labels(shape, n_labels, seed):
 
 @pytest.mark.parametrize("shape,slab", [((40, 30, 20), None), ((300, 7, 5), 1000), ((1, 1, 1), None),
                                         ((517, 3, 2), 517 * 3), ((130, 120, 11), None)])
-def test_mask_gzip_is_nibabels_file_content(tmp_path, monkeypatch, shape, slab):
+def test_mask_gzip_is_nibabels_file_content(tmp_path, monkeypatch, shape, slab, encoder_loops):
     """Decompressed, every per-class file is byte for byte what nibabel writes for that mask (gzip checks the
     CRC and the size while decompressing); slabs of any size give the same files."""
     if slab:
         monkeypatch.setattr(writers, "_SLAB_VOXELS", slab)
+        monkeypatch.setattr(writers, "_PART_VOXELS", slab)
     ref = _ref_image()
     seg = _blobby_labels(shape, 5, seed=sum(shape))
     seg.flat[-1] = 2  # a run ending at the very last byte
@@ -515,7 +529,7 @@ def test_bit_packing_matches_a_plain_bit_writer(seed):
     assert (value, nbits) == (stream >> (total // 8 * 8), total % 8)
 
 
-def test_mask_runs_around_full_matches():
+def test_mask_runs_around_full_matches(encoder_loops):
     """Runs of ones and zeros of every length around the 258-byte matches, next to each other in all orders
     (a run of ones with full matches before a short zero run puts that zero run's bits past the pair's first
     32), at the start and the end of the mask."""
@@ -533,7 +547,7 @@ def test_mask_runs_around_full_matches():
         assert gzip.decompress(content) == b"HEAD" * 90 + mask.tobytes()
 
 
-def test_mask_gzip_special_volumes():
+def test_mask_gzip_special_volumes(encoder_loops):
     header = b"HEADER" * 60
     for shape, fill in (((70, 50, 9), 0), ((170, 150, 9), 1), ((600, 1, 1), 1), ((3, 1, 1), 1)):
         seg = np.full(shape, fill, np.uint8)
@@ -544,7 +558,7 @@ def test_mask_gzip_special_volumes():
         MaskGzipEncoder(header, (2, 2, 2)).encode(np.zeros((2, 2, 3), np.uint8), [1])
 
 
-def test_mask_gzip_compresses_like_zlib(tmp_path):
+def test_mask_gzip_compresses_like_zlib(tmp_path, encoder_loops):
     """Compact masks: no bigger than zlib's level 1 (which nibabel and the official tool use); an empty mask costs
     2 bits per 258 voxels."""
     seg = np.zeros((200, 160, 90), np.uint8)
@@ -559,7 +573,7 @@ def test_mask_gzip_compresses_like_zlib(tmp_path):
     assert len(empty) < seg.size / 258 * 2 / 8 + 400  # + the 352 header bytes as literals
 
 
-def test_mask_gzip_of_other_label_types_and_layouts(tmp_path):
+def test_mask_gzip_of_other_label_types_and_layouts(tmp_path, encoder_loops):
     ref = _ref_image()
     seg = _blobby_labels((33, 21, 17), 4, seed=3)
     classes = {1: "a", 4: "b", 300: "c"}
@@ -571,6 +585,80 @@ def test_mask_gzip_of_other_label_types_and_layouts(tmp_path):
         assert got == expected
     got = write_per_class(wide, {300: "c"}, ref, tmp_path / "w")[0]
     assert np.array_equal(np.asanyarray(nib.load(got).dataobj), (seg == 4).astype(np.uint8))
+
+
+def test_the_c_loops_are_built_where_a_compiler_is():
+    """The extension is optional for installs without a compiler; where there is one (CI), it must be built."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler here")
+    assert _COMPILED is not None, "pip install should have built totalsegmentator.io._maskcodec"
+
+
+@pytest.mark.skipif(_COMPILED is None, reason="the C extension is not built")
+@pytest.mark.parametrize("seed", range(4))
+def test_c_and_numpy_loops_write_the_same_files(monkeypatch, seed):
+    """Noisy and blobby label maps in either memory layout, split into parts at run boundaries for several
+    threads: the C loops give the numpy encoder's bytes for every class, present or not."""
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(20, 90)), int(rng.integers(1, 40)), int(rng.integers(1, 30)))
+    seg = _blobby_labels(shape, 6, seed) if seed % 2 else rng.integers(0, 5, shape).astype(np.uint8)
+    if seed == 2:
+        seg[:, :, : shape[2] // 2] = 3  # a long run across the part edges
+    if seed == 3:
+        seg = np.ascontiguousarray(seg)
+    labels = [0, 1, 2, 3, 4, 5, 6, 9]
+    encoder = MaskGzipEncoder(b"H" * 352, shape)
+    monkeypatch.setattr(writers, "_maskcodec", None)
+    expected = encoder.encode(seg, labels, 2)
+    monkeypatch.setattr(writers, "_maskcodec", _COMPILED)
+    for part_voxels, threads in ((1 << 20, 1), (97, 2), (1, 3), (1, 7)):
+        monkeypatch.setattr(writers, "_PART_VOXELS", part_voxels)
+        assert encoder.encode(seg, labels, threads) == expected
+
+
+@pytest.mark.skipif(_COMPILED is None, reason="the C extension is not built")
+def test_c_run_search_matches_numpy_and_checks_its_input():
+    c = _COMPILED
+    rng = np.random.default_rng(5)
+    flat = np.repeat(rng.integers(0, 4, 3000).astype(np.uint8), rng.integers(1, 30, 3000))
+    n = flat.size
+    begins = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1])
+    ends = np.append(begins[1:], n)
+    assert c.next_boundary(flat, 0) == 0 and c.next_boundary(flat, n) == n
+    for i in (1, 17, n // 2, n - 1):
+        assert c.next_boundary(flat, i) == (begins[begins >= i][0] if (begins >= i).any() else n)
+    edges = sorted({0, n, *(c.next_boundary(flat, int(i)) for i in rng.integers(1, n, 5))})
+    counts = np.zeros((len(edges) - 1, 256), np.int64)
+    for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+        c.count_runs(flat, a, b, counts[i])
+    assert np.array_equal(counts.sum(axis=0), np.bincount(flat[begins], minlength=256))
+    bounds = np.concatenate([[0], np.cumsum(counts.sum(axis=0))])
+    cursors = bounds[:-1] + np.cumsum(counts, axis=0) - counts
+    starts, stops = np.full(bounds[-1], -1, np.int64), np.full(bounds[-1], -1, np.int64)
+    for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+        c.fill_runs(flat, a, b, cursors[i], starts, stops)
+    order = np.argsort(flat[begins], kind="stable")
+    assert np.array_equal(starts, begins[order]) and np.array_equal(stops, ends[order])
+
+    inside = int(begins[5]) + 1  # not a run boundary
+    with pytest.raises(ValueError, match="run boundaries"):
+        c.count_runs(flat, inside, n, np.zeros(256, np.int64))
+    with pytest.raises(ValueError, match="counts"):
+        c.count_runs(flat, 0, n, np.zeros(255, np.int64))
+    with pytest.raises(ValueError, match="cursor"):  # too small arrays for the runs: an error, not a crash
+        c.fill_runs(flat, 0, n, np.zeros(256, np.int64), starts[:10].copy(), stops[:10].copy())
+    t = writers._deflate_tables()
+    tables = (t["head_val"], t["head_bits"], t["pair_val"], t["pair_bits"], t["zero_val"], t["zero_bits"])
+    for bad_starts, bad_ends in (([5, 7], [8, 9]), ([5], [5]), ([0], [n + 1]), ([3, 9], [9, 12])):
+        with pytest.raises(ValueError, match="ascending"):
+            c.encode_mask(np.array(bad_starts, np.int64), np.array(bad_ends, np.int64), n, 0, 0, *tables,
+                          t["full_bits"], *t["end"])
+    with pytest.raises(ValueError, match="pair_val"):
+        c.encode_mask(starts[:0], stops[:0], n, 0, 0, t["head_val"], t["head_bits"], t["pair_val"][:-1],
+                      t["pair_bits"], t["zero_val"], t["zero_bits"], t["full_bits"], *t["end"])
+    crc = writers._RunsCrc(n)
+    with pytest.raises(ValueError, match="within"):
+        c.runs_crc(np.array([n + 1], np.int64), np.array([n + 2], np.int64), n, crc.low, crc.ops, crc.at_chunks)
 
 
 def test_nifti_header_bytes_precede_the_data():
