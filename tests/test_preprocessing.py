@@ -1,6 +1,9 @@
 """Orientation, resampling, cropping and chunking on small synthetic arrays."""
 from __future__ import annotations
 
+import shutil
+import sys
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -9,6 +12,7 @@ from scipy import ndimage
 
 from totalsegmentator.preprocessing.cropping import bbox_from_mask, crop_to_bbox, margin_voxels, uncrop
 from totalsegmentator.preprocessing.orientation import canonical_zooms, to_canonical
+from totalsegmentator.preprocessing import resampling
 from totalsegmentator.preprocessing.resampling import (
     resample_image,
     resample_labels_legacy,
@@ -131,16 +135,30 @@ def test_threaded_resampling_is_identical(order):
     assert np.array_equal(out_t, out_s)
 
 
-def test_linear_resampling_is_scipys_bit_for_bit():
-    """Order 1 runs on numpy's own arithmetic: every type and memory layout, edges where k * scale lands a hair
-    beyond the last voxel, single-voxel axes, NaN and infinities, float32 and float64 output."""
+_ZOOM_C = resampling._zoom_c
+
+
+@pytest.fixture(params=["c", "numpy"])
+def zoom_loops(request, monkeypatch):
+    """Runs a test with the order-1 zoom in C (skipped where the extension is not built) and in numpy."""
+    if request.param == "c" and _ZOOM_C is None:
+        pytest.skip("the C extension totalsegmentator.preprocessing._linear_zoom is not built")
+    monkeypatch.setattr(resampling, "_zoom_c", _ZOOM_C if request.param == "c" else None)
+    return request.param
+
+
+def test_linear_resampling_is_scipys_bit_for_bit(zoom_loops):
+    """Order 1, in C or on numpy's own arithmetic: every type (also explicitly little- and big-endian ones) and
+    memory layout, edges where k * scale lands a hair beyond the last voxel, single-voxel axes, NaN (their signs
+    too) and infinities, float32 and float64 output."""
     rng = np.random.default_rng(3)
-    types = [np.float32, np.int16, np.uint8, np.float64, np.int32, np.uint16]
+    native = np.dtype(np.int16).newbyteorder("<" if sys.byteorder == "little" else ">")  # as nibabel's: '<h'
+    types = [np.float32, np.int16, np.uint8, np.float64, np.int32, np.uint16, native, ">f4", np.int8, np.uint64]
     for trial in range(60):
         shape = tuple(int(s) for s in rng.integers(1, 30, 3))
         zoom = tuple(rng.uniform(0.2, 3.0, 3))
         data = (rng.normal(0, 500, size=shape) if trial % 6 < 4 else rng.integers(0, 200, size=shape))
-        data = data.astype(types[trial % 6])
+        data = data.astype(types[trial % len(types)])
         if data.dtype.kind == "f" and trial % 4 == 0:
             data[rng.random(shape) < 0.05] = np.nan
             data[rng.random(shape) < 0.05] = -np.inf
@@ -154,6 +172,37 @@ def test_linear_resampling_is_scipys_bit_for_bit():
     data = rng.normal(0, 500, size=(3, 29, 3))
     edge = ndimage.zoom(data, (1, 52 / 29, 1), output=np.float64, order=1, mode="nearest")
     assert np.array_equal(zoom_image(data, (1, 52 / 29, 1), order=1, output=np.float64), edge)
+
+
+@pytest.mark.skipif(_ZOOM_C is None, reason="the C extension is not built")
+def test_c_zoom_takes_native_types_and_checks_its_input():
+    out = np.empty((2, 2, 2), np.float32)
+    native = "<" if sys.byteorder == "little" else ">"
+    for dtype in (np.dtype(np.int16).newbyteorder(native), "=u1", np.float64, np.int64, "<f4"):
+        assert _ZOOM_C.supports(np.zeros((3, 3, 3), dtype), out)
+    foreign = np.dtype(np.int16).newbyteorder("S")
+    for data, target in ((np.zeros((3, 3, 3), foreign), out), (np.zeros((3, 3, 3), np.complex64), out),
+                         (np.zeros((3, 3), np.int16), out), (np.zeros((3, 3, 3), np.int16), out.astype(np.int32))):
+        assert not _ZOOM_C.supports(data, target)
+    index = tuple(np.zeros((2, 2), np.int64) for _ in range(3))
+    weight = tuple(np.ones((2, 2)) for _ in range(3))
+    data = np.zeros((3, 3, 3), np.int16)
+    with pytest.raises(ValueError, match="outside the input"):
+        _ZOOM_C.zoom_range(data, out, (index[0] + 3, *index[1:]), weight, (0, 1, 2), 0, 2)
+    with pytest.raises(ValueError, match="permutation"):
+        _ZOOM_C.zoom_range(data, out, index, weight, (0, 0, 2), 0, 2)
+    with pytest.raises(ValueError, match="range"):
+        _ZOOM_C.zoom_range(data, out, index, weight, (0, 1, 2), 0, 3)
+    with pytest.raises(ValueError, match="indices"):
+        _ZOOM_C.zoom_range(data, out, (np.zeros((2, 3), np.int64), *index[1:]), weight, (0, 1, 2), 0, 2)
+    with pytest.raises(TypeError, match="native"):
+        _ZOOM_C.zoom_range(data.astype(foreign), out, index, weight, (0, 1, 2), 0, 2)
+
+
+def test_the_zoom_extension_is_built_where_a_compiler_is():
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler here")
+    assert _ZOOM_C is not None, "pip install should have built totalsegmentator.preprocessing._linear_zoom"
 
 
 def test_labels_back_to_shape_equal_scipy_nearest_zoom():

@@ -24,6 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy import ndimage
 
+try:  # the order-1 zoom in C (an optional extension, see setup.py); without it numpy computes the same values
+    from . import _linear_zoom as _zoom_c
+except ImportError:
+    _zoom_c = None
+
 # output voxels per slab of the order-1 zoom: float64 temporaries of a few MB (in the cache), and few enough
 # numpy calls that waiting for the GIL between them (the model prefetch thread holds it often) stays small
 _SLAB_VOXELS = 400_000
@@ -125,8 +130,10 @@ def _linear_zoom(data: np.ndarray, out_shape: tuple[int, ...], out_dtype: np.dty
     axis (gathers of whole rows, products in the cache), several slabs at a time with ``threads``."""
     taps = [_linear_taps(n_in, n_out) for n_in, n_out in zip(data.shape, out_shape)]
     axes = sorted(range(3), key=lambda a: -abs(data.strides[a]))  # slab axis, row axis, innermost axis
-    view = data.transpose(axes)
     out = np.empty(out_shape, dtype=out_dtype)
+    if _zoom_c is not None and _zoom_c.supports(data, out):
+        return _compiled_linear_zoom(data, out, taps, axes, threads)
+    view = data.transpose(axes)
     out_view = out.transpose(axes)
     slab_axis, row_axis, inner_axis = axes
     # weights as columns of the slab's layout, by original axis
@@ -165,6 +172,26 @@ def _linear_zoom(data: np.ndarray, out_shape: tuple[int, ...], out_dtype: np.dty
     else:
         for k0 in starts:
             slab(k0)
+    return out
+
+
+def _compiled_linear_zoom(data: np.ndarray, out: np.ndarray, taps: list, axes: list[int], threads: int
+                          ) -> np.ndarray:
+    """:func:`_linear_zoom`'s sums in C (the same float64 operations in the same order), the outermost loop axis
+    split between ``threads`` threads."""
+    index = tuple(np.stack(t[0]).astype(np.int64) for t in taps)
+    weight = tuple(np.ascontiguousarray(np.stack(t[1]), dtype=np.float64) for t in taps)
+    n = out.shape[axes[0]]
+    bounds = np.linspace(0, n, max(1, min(threads, n)) + 1).astype(int)
+    spans = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+    def run(span: tuple[int, int]) -> None:
+        _zoom_c.zoom_range(data, out, index, weight, tuple(axes), *span)
+    if len(spans) > 1:
+        with ThreadPoolExecutor(max_workers=len(spans)) as pool:
+            list(pool.map(run, spans))
+    else:
+        run(spans[0])
     return out
 
 
