@@ -390,8 +390,14 @@ def _crc_table() -> np.ndarray:
     return table
 
 
+_BIT_INDEX = np.arange(32, dtype=np.uint64)
+
+
 def _op_apply(op: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Apply a GF(2)-linear map of 32-bit values (``op[b]`` = image of bit b) to every element of ``v``."""
+    if v.size <= 1024:  # few values (squaring an operator): one pass over a values x bits table
+        bits = (v[..., None] >> _BIT_INDEX) & np.uint64(1)
+        return np.bitwise_xor.reduce(bits * op, axis=-1)
     out = np.zeros_like(v)
     for b in range(32):
         out ^= ((v >> np.uint64(b)) & np.uint64(1)) * op[b]
