@@ -3,11 +3,11 @@
     python benchmarks/mask_writer.py [--shape 458,379,224] [--classes 117] [--threads 2] [--repeat 7]
 
 Two label maps of ``--shape`` (default: the full-size CT of run_benchmarks.py): "noisy", random labels at 3 mm
-upsampled by nearest neighbour (about as many runs as the argmax of the random benchmark weights), and "organs", one ellipsoid
-per class, like a trained model's output. Both encoders (``MaskGzipEncoder.encode`` with and without the
-extension ``totalsegmentator.io._maskcodec``) write the gzip contents of every class, alternating, freed memory
-kept for reuse as in the pipeline; prints the median time of each, their ratio, the megabytes written, and
-checks that the bytes are the same.
+upsampled by nearest neighbour (about as many runs as the argmax of the random benchmark weights), and
+"organs", one ellipsoid per class, like a trained model's output. Both encoders (``MaskGzipEncoder.encode``
+with and without the extension ``totalsegmentator.io._maskcodec``) write the gzip contents of every class,
+alternating, freed memory kept for reuse as in the pipeline; prints the median time of each, their ratio, the
+megabytes written and the number of runs, and checks that the bytes are the same.
 """
 from __future__ import annotations
 
