@@ -611,8 +611,6 @@ class MaskGzipEncoder:
         list(run(lambda i: _maskcodec.fill_runs(flat, *spans[i], cursors[i], starts, ends), range(len(spans))))
 
         def runs_of(code: int) -> tuple[np.ndarray, np.ndarray]:
-            if not 0 <= code < 256:
-                return starts[:0], ends[:0]
             return starts[bounds[code]:bounds[code + 1]], ends[bounds[code]:bounds[code + 1]]
         return runs_of
 
