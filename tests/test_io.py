@@ -649,7 +649,9 @@ def test_c_run_search_matches_numpy_and_checks_its_input():
         c.fill_runs(flat, 0, n, np.zeros(256, np.int64), starts[:10].copy(), stops[:10].copy())
     t = writers._deflate_tables()
     tables = (t["head_val"], t["head_bits"], t["pair_val"], t["pair_bits"], t["zero_val"], t["zero_bits"])
-    for bad_starts, bad_ends in (([5, 7], [8, 9]), ([5], [5]), ([0], [n + 1]), ([3, 9], [9, 12])):
+    far = 1 << 40  # beyond the mask: rejected before its zero bits would overrun the output
+    for bad_starts, bad_ends in (([5, 7], [8, 9]), ([5], [5]), ([0], [n + 1]), ([3, 9], [9, 12]), ([far], [far + 1]),
+                                 ([3, far], [5, far + 1])):
         with pytest.raises(ValueError, match="ascending"):
             c.encode_mask(np.array(bad_starts, np.int64), np.array(bad_ends, np.int64), n, 0, 0, *tables,
                           t["full_bits"], *t["end"])

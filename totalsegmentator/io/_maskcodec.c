@@ -235,7 +235,7 @@ typedef struct {
 static int pack_mask(bit_writer *w, const token_tables *t, const int64_t *s, const int64_t *e, int64_t k, int64_t n)
 {
     int64_t lead = k ? s[0] : n;
-    if (lead < 0)
+    if (lead < 0 || lead > n) /* checked before any zero bits are written: the output's size depends on it */
         return -1;
     if (lead) {
         int64_t full = (lead - 1) / MAX_MATCH, rest = (lead - 1) % MAX_MATCH;
@@ -246,7 +246,7 @@ static int pack_mask(bit_writer *w, const token_tables *t, const int64_t *s, con
         int64_t ones = e[i] - s[i] - 1;
         int64_t next = i + 1 < k ? s[i + 1] : n;
         int64_t zeros = next - e[i] - 1;
-        if (ones < 0 || e[i] > n || (zeros < 0 && (i + 1 < k || e[i] != n)))
+        if (ones < 0 || e[i] > n || next > n || (zeros < 0 && (i + 1 < k || e[i] != n)))
             return -1;
         int64_t full1 = ones / MAX_MATCH, rest1 = ones % MAX_MATCH;
         int64_t full0 = 0, rest0 = MAX_MATCH; /* rest 258: the mask ends with ones */
