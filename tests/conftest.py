@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated TotalSegmentator home, real scans from ../shared (skipped when absent)."""
+"""Shared fixtures: an isolated TotalSegmentator home, real scans from ../shared (skipped when absent); the switch
+between a C extension and its numpy twin."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,3 +39,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not available")
     return SHARED_DATA
+
+
+def compiled_or_numpy(request, monkeypatch, module, name: str, compiled) -> str:
+    """For a fixture with params ["c", "numpy"]: set ``module.<name>`` to the built C extension ``compiled``
+    (skip where it is not built) or to None (the module's numpy twin); returns the variant."""
+    if request.param == "c" and compiled is None:
+        pytest.skip(f"the C extension of {module.__name__} is not built")
+    monkeypatch.setattr(module, name, compiled if request.param == "c" else None)
+    return request.param

@@ -5,7 +5,6 @@ import gzip
 import zlib
 import logging
 import os
-import shutil
 import struct
 
 import nibabel as nib
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 from nibabel.nifti1 import Nifti1Extension
 
+from conftest import compiled_or_numpy
 from totalsegmentator.errors import InputImageError
 from totalsegmentator.io.label_header import (
     add_label_map_to_nifti,
@@ -444,10 +444,7 @@ _COMPILED = writers._maskcodec
 @pytest.fixture(params=["c", "numpy"])
 def encoder_loops(request, monkeypatch):
     """Runs a test with the writer's C loops (skipped where the extension is not built) and with numpy's."""
-    if request.param == "c" and _COMPILED is None:
-        pytest.skip("the C extension totalsegmentator.io._maskcodec is not built")
-    monkeypatch.setattr(writers, "_maskcodec", _COMPILED if request.param == "c" else None)
-    return request.param
+    return compiled_or_numpy(request, monkeypatch, writers, "_maskcodec", _COMPILED)
 
 
 def _blobby_labels(shape, n_labels, seed):
@@ -585,13 +582,6 @@ def test_mask_gzip_of_other_label_types_and_layouts(tmp_path, encoder_loops):
         assert got == expected
     got = write_per_class(wide, {300: "c"}, ref, tmp_path / "w")[0]
     assert np.array_equal(np.asanyarray(nib.load(got).dataobj), (seg == 4).astype(np.uint8))
-
-
-def test_the_c_loops_are_built_where_a_compiler_is():
-    """The extension is optional for installs without a compiler; where there is one (CI), it must be built."""
-    if shutil.which("cc") is None and shutil.which("gcc") is None:
-        pytest.skip("no C compiler here")
-    assert _COMPILED is not None, "pip install should have built totalsegmentator.io._maskcodec"
 
 
 @pytest.mark.skipif(_COMPILED is None, reason="the C extension is not built")

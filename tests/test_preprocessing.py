@@ -1,7 +1,6 @@
 """Orientation, resampling, cropping and chunking on small synthetic arrays."""
 from __future__ import annotations
 
-import shutil
 import sys
 
 import nibabel as nib
@@ -12,6 +11,7 @@ from scipy import ndimage
 
 from totalsegmentator.preprocessing.cropping import bbox_from_mask, crop_to_bbox, margin_voxels, uncrop
 from totalsegmentator.preprocessing.orientation import canonical_zooms, to_canonical
+from conftest import compiled_or_numpy
 from totalsegmentator.preprocessing import resampling
 from totalsegmentator.preprocessing.resampling import (
     resample_image,
@@ -141,10 +141,7 @@ _ZOOM_C = resampling._zoom_c
 @pytest.fixture(params=["c", "numpy"])
 def zoom_loops(request, monkeypatch):
     """Runs a test with the order-1 zoom in C (skipped where the extension is not built) and in numpy."""
-    if request.param == "c" and _ZOOM_C is None:
-        pytest.skip("the C extension totalsegmentator.preprocessing._linear_zoom is not built")
-    monkeypatch.setattr(resampling, "_zoom_c", _ZOOM_C if request.param == "c" else None)
-    return request.param
+    return compiled_or_numpy(request, monkeypatch, resampling, "_zoom_c", _ZOOM_C)
 
 
 def test_linear_resampling_is_scipys_bit_for_bit(zoom_loops):
@@ -197,12 +194,6 @@ def test_c_zoom_takes_native_types_and_checks_its_input():
         _ZOOM_C.zoom_range(data, out, (np.zeros((2, 3), np.int64), *index[1:]), weight, (0, 1, 2), 0, 2)
     with pytest.raises(TypeError, match="native"):
         _ZOOM_C.zoom_range(data.astype(foreign), out, index, weight, (0, 1, 2), 0, 2)
-
-
-def test_the_zoom_extension_is_built_where_a_compiler_is():
-    if shutil.which("cc") is None and shutil.which("gcc") is None:
-        pytest.skip("no C compiler here")
-    assert _ZOOM_C is not None, "pip install should have built totalsegmentator.preprocessing._linear_zoom"
 
 
 def test_labels_back_to_shape_equal_scipy_nearest_zoom():

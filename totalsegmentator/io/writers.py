@@ -469,10 +469,8 @@ class _RunsCrc:
             return 0
         return self._sum_p(starts) ^ self._sum_p(ends)
 
-    def of(self, starts: np.ndarray, ends: np.ndarray, compiled: bool = False) -> int:
-        """:meth:`__call__`, in C when ``compiled`` (int64 arrays; the extension must be built)."""
-        if not compiled:
-            return self(starts, ends)
+    def compiled(self, starts: np.ndarray, ends: np.ndarray) -> int:
+        """:meth:`__call__` in C (int64 arrays; the extension must be built)."""
         return _maskcodec.runs_crc(starts, ends, self.n, self.low, self.ops, self.at_chunks)
 
     def _sum_p(self, x: np.ndarray) -> int:
@@ -494,17 +492,28 @@ class _RunsCrc:
         return int(total ^ np.bitwise_xor.reduce(self.at_chunks[group_q[(sizes & 1).astype(bool)]]))
 
 
-def _mask_member(start: tuple[bytes, tuple[int, int]], starts: np.ndarray, ends: np.ndarray, n: int,
-                 crc: int, size: int) -> bytes:
-    """The gzip member of one mask: ``start`` (the deflate bytes before the mask and the started byte), the mask
-    whose ones are the runs ``[starts[i], ends[i])``, the end of the block and the trailer (CRC-32, size)."""
+def _mask_body(carry: tuple[int, int], starts: np.ndarray, ends: np.ndarray, n: int) -> bytes:
+    """numpy: the deflate bytes of the mask whose ones are the runs ``[starts[i], ends[i])``, after ``carry``
+    (the started byte) and through the end of the block, padded to a byte."""
     val, bits, extra = _mask_tokens(starts, ends, n)
-    data, carry = _pack_bits(val, bits, start[1], extra)
+    data, carry = _pack_bits(val, bits, carry, extra)
     end_value, end_bits = _deflate_tables()["end"]
     end, (value, nbits) = _pack_bits(np.array([end_value], np.uint64), np.array([end_bits], np.int64), carry)
-    tail = bytes([value]) if nbits else b""
-    trailer = struct.pack("<II", crc, size & 0xFFFFFFFF)
-    return b"".join([_GZIP_HEADER, start[0], data, end, tail, trailer])
+    return b"".join([data, end, bytes([value]) if nbits else b""])
+
+
+def _compiled_mask_body(carry: tuple[int, int], starts: np.ndarray, ends: np.ndarray, n: int) -> bytes:
+    """:func:`_mask_body` with the tokens packed in C."""
+    t = _deflate_tables()
+    return _maskcodec.encode_mask(starts, ends, n, carry[0], carry[1], t["head_val"], t["head_bits"],
+                                  t["pair_val"], t["pair_bits"], t["zero_val"], t["zero_bits"], t["full_bits"],
+                                  *t["end"])
+
+
+def _mask_member(start: tuple[bytes, tuple[int, int]], body: bytes, crc: int, size: int) -> bytes:
+    """The gzip member of one mask: ``start`` (the deflate bytes before the mask), the mask's ``body`` (from the
+    started byte through the end of the block) and the trailer (CRC-32, size)."""
+    return b"".join([_GZIP_HEADER, start[0], body, struct.pack("<II", crc, size & 0xFFFFFFFF)])
 
 
 class MaskGzipEncoder:
@@ -546,20 +555,22 @@ class MaskGzipEncoder:
         codes, code_of = _compact_codes(seg, distinct)
         compiled = _maskcodec is not None and codes.dtype == np.uint8
         no_runs = np.zeros(0, dtype=np.int64)
-        empty = _mask_member(self._start, no_runs, no_runs, self.n, self._crc_zeros, self._size)
+        carry = self._start[1]
+        empty = _mask_member(self._start, _mask_body(carry, no_runs, no_runs, self.n), self._crc_zeros, self._size)
         pool = ThreadPoolExecutor(max_workers=threads) if threads > 1 else None
         run = pool.map if pool is not None else map
         try:
             runs_of = self._compiled_runs(codes, threads, run) if compiled else self._sorted_runs(codes, run)
             crc = _RunsCrc(self.n)
-            member = functools.partial(_compiled_member if compiled else _mask_member, self._start)
+            runs_crc, body = (crc.compiled, _compiled_mask_body) if compiled else (crc, _mask_body)
 
             def file_of(label: int) -> bytes:
                 code = code_of[label]
                 starts, ends = runs_of(code) if code is not None else (no_runs, no_runs)
                 if not starts.size:
                     return empty
-                return member(starts, ends, self.n, self._crc_zeros ^ crc.of(starts, ends, compiled), self._size)
+                return _mask_member(self._start, body(carry, starts, ends, self.n),
+                                    self._crc_zeros ^ runs_crc(starts, ends), self._size)
 
             contents = dict(zip(distinct, run(file_of, distinct)))
         finally:
@@ -626,17 +637,6 @@ def _fortran_bytes(codes: np.ndarray, run) -> np.ndarray:
         out[:, :, z0:z0 + step] = codes[:, :, z0:z0 + step]
     list(run(copy, range(0, codes.shape[2], step)))
     return out.ravel(order="F")
-
-
-def _compiled_member(start: tuple[bytes, tuple[int, int]], starts: np.ndarray, ends: np.ndarray, n: int,
-                     crc: int, size: int) -> bytes:
-    """:func:`_mask_member` with the tokens packed in C."""
-    t = _deflate_tables()
-    end_value, end_bits = t["end"]
-    data = _maskcodec.encode_mask(starts, ends, n, start[1][0], start[1][1], t["head_val"], t["head_bits"],
-                                  t["pair_val"], t["pair_bits"], t["zero_val"], t["zero_bits"], t["full_bits"],
-                                  end_value, end_bits)
-    return b"".join([_GZIP_HEADER, start[0], data, struct.pack("<II", crc, size & 0xFFFFFFFF)])
 
 
 def _compact_codes(seg: np.ndarray, labels: list[int]) -> tuple[np.ndarray, dict[int, int | None]]:
