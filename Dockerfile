@@ -10,11 +10,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/src
 COPY pyproject.toml setup.py README.md LICENSE ./
 COPY totalsegmentator ./totalsegmentator
-# gcc only to build the optional C extensions (the mask writer's loops, the order-1 zoom), then removed
+# gcc only to build the optional C extensions (the mask writer's loops, the order-1 zoom, the instance norm), then
+# removed
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && pip install --no-cache-dir . \
     && apt-get purge -y --auto-remove gcc && rm -rf /var/lib/apt/lists/* \
-    && (cd / && python -c "import totalsegmentator.io._maskcodec, totalsegmentator.preprocessing._linear_zoom") \
+    && (cd / && python -c "import totalsegmentator.io._maskcodec, totalsegmentator.preprocessing._linear_zoom, \
+totalsegmentator.inference._instance_norm") \
     && mkdir -p /opt/totalsegmentator
 
 WORKDIR /tmp

@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 
-EXTENSIONS = ["totalsegmentator.io._maskcodec", "totalsegmentator.preprocessing._linear_zoom"]
+EXTENSIONS = ["totalsegmentator.io._maskcodec", "totalsegmentator.preprocessing._linear_zoom",
+              "totalsegmentator.inference._instance_norm"]
 
 
 @pytest.mark.parametrize("name", EXTENSIONS)

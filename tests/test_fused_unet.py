@@ -12,8 +12,16 @@ from totalsegmentator.inference.fused_unet import fused_forward
 from totalsegmentator.inference.model import load_model
 from totalsegmentator.inference.predictor import predict_labels, predict_logits
 from totalsegmentator.testing.tiny_weights import write_tiny_dataset
+from conftest import compiled_or_numpy
 
 CPU = torch.device("cpu")
+_NORM_C = fused_unet._norm_c
+
+
+@pytest.fixture(params=["c", "torch"])
+def norm_loops(request, monkeypatch):
+    """Runs a test with the instance norm in C (skipped where the extension is not built) and as torch's ops."""
+    return compiled_or_numpy(request, monkeypatch, fused_unet, "_norm_c", _NORM_C)
 
 
 def plain_unet(dims: int = 3, features=(4, 8, 16), strides=None, kernel=3, num_classes: int = 5,
@@ -57,7 +65,7 @@ def compare(net: nn.Module, x: torch.Tensor, channels_last: bool | None = None
     ({"dims": 2, "features": (4, 8, 16, 32)}, (3, 1, 48, 40)),
 ])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_fused_forward_equals_the_module_forward_up_to_rounding(kwargs, shape, channels_last):
+def test_fused_forward_equals_the_module_forward_up_to_rounding(norm_loops, kwargs, shape, channels_last):
     net = plain_unet(**kwargs)
     x = torch.randn(shape) * 2 + 0.5
     reference, ours = compare(net, x, channels_last)
@@ -194,9 +202,13 @@ def test_fused_labels_equal_the_argmax_of_the_fused_logits():
 
 
 @pytest.mark.parametrize("last", [False, True])
-@pytest.mark.parametrize("piece_values", [1 << 18, 37])  # 37: many pieces, the last one shorter
-def test_instance_norm_in_place_matches_float64(monkeypatch, last, piece_values):
-    monkeypatch.setattr(fused_unet, "_NORM_PIECE_VALUES", piece_values)
+@pytest.mark.parametrize("split", [False, True])  # torch: many pieces, the last one shorter; C: three threads
+def test_instance_norm_in_place_matches_float64(norm_loops, monkeypatch, last, split):
+    if split:
+        monkeypatch.setattr(fused_unet, "_NORM_PIECE_VALUES", 37)
+        monkeypatch.setattr(fused_unet, "_NORM_THREADED_VALUES", 0)
+        monkeypatch.setattr(fused_unet.torch, "get_num_threads", lambda: 3)  # the C norm's voxels in 3 parts
+    torch.manual_seed(0)
     x = torch.randn(2, 3, 20, 18, 16) * torch.tensor([1.0, 5.0, 0.1]).view(1, 3, 1, 1, 1) + 40.0
     norm = nn.InstanceNorm3d(3, eps=1e-5, affine=True).requires_grad_(False)
     with torch.no_grad():
@@ -213,12 +225,109 @@ def test_instance_norm_in_place_matches_float64(monkeypatch, last, piece_values)
         out = fused_unet._instance_norm_(y, norm, 0.01)
     assert out.data_ptr() == y.data_ptr()  # in place, in the layout it came in
     assert fused_unet.channels_last(out) == last and out.is_contiguous() != last
-    assert float((out.double() - expected).abs().max()) < 2e-5
+    # a float32 mean of values near 40 is off by up to ~4e-6 (one ulp), 2e-5 after the division by the 0.1
+    # deviation and the weight 0.5 (measured over 30 seeds: C 1e-5, torch's float32 sums 3.1e-5)
+    assert float((out.double() - expected).abs().max()) < 5e-5
     plain = nn.InstanceNorm3d(3, eps=1e-5, affine=False)
     with torch.inference_mode():
         unscaled = fused_unet._instance_norm_(y.copy_(x), plain, None)
-    # a float32 mean of values near 40 is off by up to ~2e-6, 2e-5 after the division by the 0.1 deviation
     assert float((unscaled.double() - (xd - mean) / torch.sqrt(var + 1e-5)).abs().max()) < 5e-5
+    with torch.inference_mode():
+        relu = fused_unet._instance_norm_(y.copy_(x), plain, 0.0)
+    assert float(relu.min()) == 0.0
+    assert float((relu.double() - (xd - mean).clamp(min=0) / torch.sqrt(var + 1e-5)).abs().max()) < 5e-5
+
+
+def test_c_and_torch_instance_norms_differ_only_by_the_rounding_of_their_statistics(monkeypatch):
+    if _NORM_C is None:
+        pytest.skip("the C extension of fused_unet is not built")
+    x = torch.randn(1, 32, 24, 20, 16) * 3 + 5
+    norm = nn.InstanceNorm3d(32, eps=1e-5, affine=True).requires_grad_(False)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    results = []
+    for compiled in (_NORM_C, None):
+        monkeypatch.setattr(fused_unet, "_norm_c", compiled)
+        with torch.inference_mode():
+            results.append(fused_unet._instance_norm_(fused_unet.to_channels_last(x.clone()), norm, 0.01))
+    c_result, torch_result = results
+    assert not torch.equal(c_result, torch_result)  # really the other code
+    assert float((c_result - torch_result).abs().max()) < 1e-5
+
+
+def _norm_reference(values: np.ndarray, mean, scale, shift, slope) -> np.ndarray:
+    """``transform``'s formula in numpy's float32 (separate IEEE products and sums, as the C loops)."""
+    y = shift + (values - mean) * scale
+    if slope is None:
+        return y
+    return np.where(y < 0, y * np.float32(slope), y) if slope else np.where(y < 0, np.float32(0), y)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 32, 320])
+@pytest.mark.parametrize("last", [True, False])
+def test_c_norm_loops_over_voxel_ranges(channels, last):
+    """The C loops on their own: float64 moments of any range, the transform bit for bit as numpy's float32,
+    in both layouts, for channel counts below, at and above a tile's values."""
+    if _NORM_C is None:
+        pytest.skip("the C extension of fused_unet is not built")
+    rng = np.random.default_rng(channels)
+    voxels = 700
+    values = (rng.standard_normal((voxels, channels)) * 4 + 100).astype(np.float32)
+    flat = values.reshape(-1) if last else np.ascontiguousarray(values.T).reshape(-1)
+    pilot = values[::50].mean(0).astype(np.float32)
+    out = np.empty(2 * channels)
+    for first, stop in ((0, voxels), (0, 1), (13, 689), (700, 700)):
+        _NORM_C.moments(flat, channels, last, first, stop, pilot, out)
+        d = values[first:stop].astype(np.float64) - pilot
+        np.testing.assert_allclose(out[:channels], d.sum(0), rtol=1e-6, atol=1e-3)
+        np.testing.assert_allclose(out[channels:], (d * d).sum(0), rtol=1e-6)
+    mean = pilot
+    scale = rng.uniform(0.1, 2, channels).astype(np.float32)
+    shift = rng.uniform(-1, 1, channels).astype(np.float32)
+    for slope in (0.01, 0.0, None):
+        result = flat.copy()
+        _NORM_C.transform(result, channels, last, 5, 600, mean, scale, shift, slope)
+        by_voxel = result.reshape(voxels, channels) if last else result.reshape(channels, voxels).T
+        expected = _norm_reference(values[5:600], mean, scale, shift, slope)
+        assert np.array_equal(by_voxel[5:600], expected)
+        assert np.array_equal(by_voxel[:5], values[:5]) and np.array_equal(by_voxel[600:], values[600:])
+    nan = np.array([np.nan, -1.0, -0.0, 2.0], np.float32)
+    for slope in (0.0, 0.5):
+        _NORM_C.transform(nan, 1, True, 0, 4, *np.array([[0], [1], [0]], np.float32), slope)
+        assert np.isnan(nan[0]) and list(nan[1:]) == [-1.0 * slope, 0.0, 2.0]
+        nan[1] = -1.0
+
+
+def test_c_norm_loops_check_their_input():
+    if _NORM_C is None:
+        pytest.skip("the C extension of fused_unet is not built")
+    values = np.zeros(24, np.float32)
+    pilot, out = np.zeros(3, np.float32), np.zeros(6)
+    params = [np.zeros(3, np.float32)] * 3
+    with pytest.raises(TypeError, match="float32"):
+        _NORM_C.moments(values.astype(np.float64), 3, True, 0, 8, pilot, out)
+    with pytest.raises(TypeError, match="float64"):
+        _NORM_C.moments(values, 3, True, 0, 8, pilot, out.astype(np.float32))
+    with pytest.raises(ValueError, match="whole number"):
+        _NORM_C.moments(values, 5, True, 0, 4, np.zeros(5, np.float32), np.zeros(10))
+    with pytest.raises(ValueError, match="whole number"):
+        _NORM_C.transform(values, 0, True, 0, 0, *params, None)
+    for first, stop in ((-1, 4), (5, 4), (0, 9)):
+        with pytest.raises(ValueError, match="outside"):
+            _NORM_C.moments(values, 3, False, first, stop, pilot, out)
+        with pytest.raises(ValueError, match="outside"):
+            _NORM_C.transform(values, 3, False, first, stop, *params, 0.01)
+    with pytest.raises(ValueError, match="pilot"):
+        _NORM_C.moments(values, 3, True, 0, 8, np.zeros(4, np.float32), out)
+    with pytest.raises(ValueError, match="scale"):
+        _NORM_C.transform(values, 3, True, 0, 8, params[0], np.zeros(2, np.float32), params[2], None)
+    read_only = values.copy()
+    read_only.flags.writeable = False
+    with pytest.raises((ValueError, BufferError)):
+        _NORM_C.transform(read_only, 3, True, 0, 8, *params, None)
+    with pytest.raises((ValueError, BufferError)):
+        _NORM_C.moments(np.zeros((8, 6), np.float32)[:, ::2], 3, True, 0, 8, pilot, out)
 
 
 def test_fused_forward_keeps_activations_in_the_chosen_layout(monkeypatch):

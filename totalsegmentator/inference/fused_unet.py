@@ -26,14 +26,21 @@ from __future__ import annotations
 
 import contextlib
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, ContextManager
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .argmax import (accumulated_first_maxima, as_accumulated, class_sum_rows, first_max_indices, first_maxima,
                      subnormal_slack)
+
+try:  # optional C extension (setup.py); without it the instance norm runs as torch operations
+    from . import _instance_norm as _norm_c
+except ImportError:
+    _norm_c = None
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
@@ -45,6 +52,11 @@ _ONEDNN_CONVS = (nn.Conv2d, nn.Conv3d)
 HEAD_CHUNK_VOXELS = 16384
 # values per piece of the instance norm's passes after the mean (a piece stays in the cache between operations)
 _NORM_PIECE_VALUES = 1 << 18
+# values below which the C instance norm runs on one thread (thread hand-offs cost more than they save)
+_NORM_THREADED_VALUES = 1 << 16
+# voxels whose channel values are averaged for the pilot of the C norm's float64 sums (near the mean, so that
+# the sums of squares of the differences to it lose no precision)
+_PILOT_VOXELS = 1024
 
 
 def _leaky_slope(module: nn.Module) -> float | None:
@@ -70,9 +82,12 @@ def _instance_norm_(x: torch.Tensor, norm: nn.Module, slope: float | None) -> to
     """``norm`` (an instance norm, affine or not) and then a leaky ReLU of ``slope`` (None: none), in place.
 
     Two-pass statistics (the mean, then the sum of squares of the centred values a cache-sized piece at a time);
-    no new full-size tensor is allocated. Either memory layout (channels first or last) is kept."""
+    no new full-size tensor is allocated. Either memory layout (channels first or last) is kept. With the C
+    extension built, float32 CPU tensors take two passes over memory instead (``_compiled_instance_norm_``)."""
     if not (x.is_contiguous() or channels_last(x)):
         x = x.contiguous()
+    if _norm_c is not None and x.device.type == "cpu" and x.dtype == torch.float32:
+        return _compiled_instance_norm_(x, norm, slope)
     n, c = x.shape[:2]
     if x.is_contiguous():  # (n, c, voxels): a channel's voxels are one row
         flat = x.view(n, c, -1)
@@ -105,6 +120,56 @@ def _instance_norm_(x: torch.Tensor, norm: nn.Module, slope: float | None) -> to
             else:
                 F.leaky_relu_(piece, slope)
     return x
+
+
+def _compiled_instance_norm_(x: torch.Tensor, norm: nn.Module, slope: float | None) -> torch.Tensor:
+    """``_instance_norm_`` in C, for a float32 CPU tensor contiguous or channels-last: per sample, one pass sums
+    each channel's differences to a pilot value and their squares in float64, a second one applies
+    ``(x - mean) * scale + shift`` and the activation in float32 as the torch version does; the voxels are split
+    between torch's threads. The statistics are float64 sums where torch's are float32 ones: results differ
+    from the torch version by float32 rounding of the mean and scale."""
+    n, c = x.shape[:2]
+    last = not x.is_contiguous()
+    voxels = math.prod(x.shape[2:])
+    parts = 1 if voxels * c < _NORM_THREADED_VALUES else max(1, min(torch.get_num_threads(), voxels))
+    bounds = [voxels * k // parts for k in range(parts + 1)]
+    spans = list(zip(bounds[:-1], bounds[1:]))
+    weight = norm.weight.detach().double().numpy() if norm.affine else 1.0
+    shift = norm.bias.detach().float().numpy() if norm.affine else np.zeros(c, np.float32)
+    pool = ThreadPoolExecutor(max_workers=parts) if parts > 1 else None
+    try:
+        for i in range(n):
+            sample = x[i].detach()
+            values = (sample.movedim(0, -1) if last else sample).numpy().reshape(-1)  # a view: x itself is transformed in place
+            by_voxel = values.reshape(voxels, c) if last else values.reshape(c, voxels).T
+            pilot = by_voxel[::max(1, voxels // _PILOT_VOXELS)].mean(0, dtype=np.float64).astype(np.float32)
+            sums = np.empty((len(spans), 2, c))
+
+            def moments(k: int) -> None:
+                _norm_c.moments(values, c, last, *spans[k], pilot, sums[k])
+
+            _run_parts(pool, moments, len(spans))
+            offset, squares = sums.sum(0) / voxels
+            variance = np.maximum(squares - offset * offset, 0.0)
+            mean = (pilot.astype(np.float64) + offset).astype(np.float32)
+            scale = (weight / np.sqrt(variance + norm.eps)).astype(np.float32)
+
+            def transform(k: int) -> None:
+                _norm_c.transform(values, c, last, *spans[k], mean, scale, shift, slope)
+
+            _run_parts(pool, transform, len(spans))
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return x
+
+
+def _run_parts(pool: ThreadPoolExecutor | None, work: Callable[[int], None], count: int) -> None:
+    if pool is None:
+        for k in range(count):
+            work(k)
+    else:
+        list(pool.map(work, range(count)))
 
 
 def _pointwise_conv(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
