@@ -2,8 +2,8 @@
  *
  * One sample's activations are a flat float32 buffer of voxels x channels, either channels-last (a voxel's
  * channels side by side) or channels-first (a channel's voxels in one row). `moments` sums, per channel, the
- * differences to a pilot value near the channel's mean and their squares in float64 over a range of voxels;
- * Python adds the ranges of its threads and derives the mean and the scale. `transform` then applies, in place,
+ * differences to a pilot value near the channel's mean and their squares over a range of voxels (float32 partial
+ * sums, float64 totals); Python adds the ranges of its threads and derives the mean and the scale. `transform` then applies, in place,
  * ((value - mean) * scale + shift), in float32 as torch's sub_ and addcmul do, and the activation. Both release
  * the GIL, so threads can share one norm. Build with -ffp-contract=off: a fused multiply-add would round
  * differently from the torch fallback.
@@ -288,7 +288,7 @@ done:
 static PyMethodDef methods[] = {
     {"moments", moments, METH_VARARGS,
      "moments(values, channels, channels_last, first, last, pilot, out): per channel, the sums of (value - "
-     "pilot) and of its square over voxels [first, last), in float64, into out (sums, then squares)."},
+     "pilot) and of its square over voxels [first, last), float64 totals into out (sums, then squares)."},
     {"transform", transform, METH_VARARGS,
      "transform(values, channels, channels_last, first, last, mean, scale, shift, slope): in place over voxels "
      "[first, last), value = act((value - mean) * scale + shift), float32; slope None: no activation, 0: ReLU, "

@@ -54,8 +54,8 @@ HEAD_CHUNK_VOXELS = 16384
 _NORM_PIECE_VALUES = 1 << 18
 # values below which the C instance norm runs on one thread (thread hand-offs cost more than they save)
 _NORM_THREADED_VALUES = 1 << 16
-# voxels whose channel values are averaged for the pilot of the C norm's float64 sums (near the mean, so that
-# the sums of squares of the differences to it lose no precision)
+# voxels whose channel values are averaged for the pilot of the C norm's sums (near the mean, so that the float32
+# partial sums of the differences to it and of their squares lose no precision)
 _PILOT_VOXELS = 1024
 
 
@@ -124,10 +124,10 @@ def _instance_norm_(x: torch.Tensor, norm: nn.Module, slope: float | None) -> to
 
 def _compiled_instance_norm_(x: torch.Tensor, norm: nn.Module, slope: float | None) -> torch.Tensor:
     """``_instance_norm_`` in C, for a float32 CPU tensor contiguous or channels-last: per sample, one pass sums
-    each channel's differences to a pilot value and their squares in float64, a second one applies
-    ``(x - mean) * scale + shift`` and the activation in float32 as the torch version does; the voxels are split
-    between torch's threads. The statistics are float64 sums where torch's are float32 ones: results differ
-    from the torch version by float32 rounding of the mean and scale."""
+    each channel's differences to a pilot value and their squares (float32 partial sums of 128 terms, float64
+    totals), a second one applies ``(x - mean) * scale + shift`` and the activation in float32 as the torch
+    version does; the voxels are split between torch's threads. Results differ from the torch version by the
+    float32 rounding of the mean and scale (these statistics are the closer ones to float64's)."""
     n, c = x.shape[:2]
     last = not x.is_contiguous()
     voxels = math.prod(x.shape[2:])
@@ -140,7 +140,8 @@ def _compiled_instance_norm_(x: torch.Tensor, norm: nn.Module, slope: float | No
     try:
         for i in range(n):
             sample = x[i].detach()
-            values = (sample.movedim(0, -1) if last else sample).numpy().reshape(-1)  # a view: x itself is transformed in place
+            # a view of x's memory: the transform below works on x itself
+            values = (sample.movedim(0, -1) if last else sample).numpy().reshape(-1)
             by_voxel = values.reshape(voxels, c) if last else values.reshape(c, voxels).T
             pilot = by_voxel[::max(1, voxels // _PILOT_VOXELS)].mean(0, dtype=np.float64).astype(np.float32)
             sums = np.empty((len(spans), 2, c))
