@@ -13,6 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(_MSC_VER) && !defined(__clang__)
+#define restrict __restrict /* C11's keyword only with /std:c11 */
+#endif
+
 /* The loops run over "tiles": channels-last, a whole number of voxels' channels (TILE_VALUES or more values);
  * channel-first, TILE_VALUES voxels of one channel's row. Each loop is a plain one over a tile's values with
  * per-value parameters (the pilot, mean, scale and shift repeated to the tile's length), which compilers
