@@ -86,6 +86,28 @@ static Py_ssize_t tile_length(Py_ssize_t channels, int last_layout, Py_ssize_t r
     return range < 1 ? 1 : (range < TILE_VALUES ? range : TILE_VALUES);
 }
 
+/* A voxel range as stretches of memory: channels-last one stretch whose values cycle through all channels
+ * (period = channels); channels-first one stretch per channel (period 1). Stretch g starts at start + g * stride,
+ * holds count values, and its parameters begin at channel g (always 0 channels-last, where groups is 1). */
+typedef struct {
+    Py_ssize_t groups, period, count, start, stride;
+} stretches;
+
+static stretches stretches_of(Py_ssize_t channels, Py_ssize_t voxels, int last_layout, Py_ssize_t first,
+                              Py_ssize_t last)
+{
+    if (last_layout)
+        return (stretches){1, channels, (last - first) * channels, first * channels, 0};
+    return (stretches){channels, 1, last - first, first, voxels};
+}
+
+/* tile[i] = per_channel[i % period]: the parameters repeated to a tile's length */
+static void repeat_to_tile(float *tile, Py_ssize_t length, const float *per_channel, Py_ssize_t period)
+{
+    for (Py_ssize_t i = 0; i < length; i++)
+        tile[i] = per_channel[i % period];
+}
+
 /* Adds the differences of x[0..count) to the pilot tile, and their squares, to tile_sums and tile_squares
  * (per position in the tile); count is a whole number of channels when channels-last. */
 VERSIONED static void accumulate(const float *restrict x, Py_ssize_t count, const float *restrict pilot,
@@ -153,29 +175,17 @@ static PyObject *moments(PyObject *self, PyObject *args)
     const float *x = (const float *)values.buf, *p = (const float *)pilot.buf;
     float *pilot_tile = buffer, *part_sums = buffer + tile, *part_squares = buffer + 2 * tile;
     double *tile_sums = totals, *tile_squares = totals + tile;
+    stretches w = stretches_of(channels, voxels, last_layout, first, last);
     Py_BEGIN_ALLOW_THREADS
     memset(sums, 0, 2 * channels * sizeof(double));
-    if (last_layout) {
-        for (Py_ssize_t i = 0; i < tile; i++)
-            pilot_tile[i] = p[i % channels];
+    for (Py_ssize_t g = 0; g < w.groups; g++) {
+        repeat_to_tile(pilot_tile, tile, p + g, w.period);
         memset(totals, 0, 2 * tile * sizeof(double));
-        accumulate(x + first * channels, (last - first) * channels, pilot_tile, tile, part_sums, part_squares,
-                   tile_sums, tile_squares);
+        accumulate(x + w.start + g * w.stride, w.count, pilot_tile, tile, part_sums, part_squares, tile_sums,
+                   tile_squares);
         for (Py_ssize_t i = 0; i < tile; i++) {
-            sums[i % channels] += tile_sums[i];
-            squares[i % channels] += tile_squares[i];
-        }
-    } else {
-        for (Py_ssize_t c = 0; c < channels; c++) {
-            for (Py_ssize_t i = 0; i < tile; i++)
-                pilot_tile[i] = p[c];
-            memset(totals, 0, 2 * tile * sizeof(double));
-            accumulate(x + c * voxels + first, last - first, pilot_tile, tile, part_sums, part_squares, tile_sums,
-                       tile_squares);
-            for (Py_ssize_t i = 0; i < tile; i++) {
-                sums[c] += tile_sums[i];
-                squares[c] += tile_squares[i];
-            }
+            sums[g + i % w.period] += tile_sums[i];
+            squares[g + i % w.period] += tile_squares[i];
         }
     }
     Py_END_ALLOW_THREADS
@@ -260,23 +270,13 @@ static PyObject *transform(PyObject *self, PyObject *args)
         goto done;
     }
     float *x = (float *)values.buf, *mean_tile = tiles, *scale_tile = tiles + tile, *shift_tile = tiles + 2 * tile;
+    stretches w = stretches_of(channels, voxels, last_layout, first, last);
     Py_BEGIN_ALLOW_THREADS
-    if (last_layout) {
-        for (Py_ssize_t i = 0; i < tile; i++) {
-            mean_tile[i] = m[i % channels];
-            scale_tile[i] = a[i % channels];
-            shift_tile[i] = b[i % channels];
-        }
-        apply(x + first * channels, (last - first) * channels, mean_tile, scale_tile, shift_tile, tile, mode, slope);
-    } else {
-        for (Py_ssize_t c = 0; c < channels; c++) {
-            for (Py_ssize_t i = 0; i < tile; i++) {
-                mean_tile[i] = m[c];
-                scale_tile[i] = a[c];
-                shift_tile[i] = b[c];
-            }
-            apply(x + c * voxels + first, last - first, mean_tile, scale_tile, shift_tile, tile, mode, slope);
-        }
+    for (Py_ssize_t g = 0; g < w.groups; g++) {
+        repeat_to_tile(mean_tile, tile, m + g, w.period);
+        repeat_to_tile(scale_tile, tile, a + g, w.period);
+        repeat_to_tile(shift_tile, tile, b + g, w.period);
+        apply(x + w.start + g * w.stride, w.count, mean_tile, scale_tile, shift_tile, tile, mode, slope);
     }
     Py_END_ALLOW_THREADS
     PyMem_Free(tiles);
