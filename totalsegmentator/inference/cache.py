@@ -7,16 +7,11 @@ from pathlib import Path
 import torch
 
 from .device import as_torch_device
-from .model import DEFAULT_CHECKPOINT, LoadedModel, find_dataset_folder, load_model
+from .locate import result_folder
+from .model import DEFAULT_CHECKPOINT, LoadedModel, load_model
 
 _models: dict[tuple, LoadedModel] = {}
 _lock = threading.Lock()
-
-
-def result_folder(dataset_id: int | str, trainer: str, plans: str, configuration: str,
-                  weights_dir: Path | str | None = None) -> Path:
-    """``<weights dir>/<dataset folder>/<trainer>__<plans>__<configuration>`` (WeightsError if not installed)."""
-    return find_dataset_folder(dataset_id, weights_dir) / f"{trainer}__{plans}__{configuration}"
 
 
 def get_model(dataset_id: int | str, trainer: str, plans: str, configuration: str,

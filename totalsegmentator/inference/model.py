@@ -14,7 +14,6 @@ import importlib
 import inspect
 import logging
 import pickle
-import re
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -24,14 +23,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .. import config
-from ..errors import OptionError, WeightsError
-from ..registry import download_task_to_ids, get_dataset
+from ..errors import WeightsError
+from .locate import _dataset_id_of, _missing, download_hint
+from .locate import find_dataset_folder  # noqa: F401 - part of this module's interface
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = "checkpoint_final.pth"
-_DATASET_ID_RE = re.compile(r"^(?:Dataset|Task)(\d+)_")
 
 
 @dataclass
@@ -90,51 +88,6 @@ class LoadedModel:
         for weights in self.fold_weights:
             self.network.load_state_dict(weights)
             yield self.network
-
-
-def download_hint(dataset_id: int | str | None) -> str:
-    """The ``totalseg_download_weights -t TASK`` command that installs a dataset id."""
-    task = None
-    if dataset_id is not None:
-        for name, ids in download_task_to_ids().items():
-            if any(str(i) == str(dataset_id) for i in ids):
-                task = name
-                break
-    return f"totalseg_download_weights -t {task or 'TASK'}"
-
-
-def _dataset_id_of(folder: Path) -> str | None:
-    for part in (folder.name, folder.parent.name):
-        match = _DATASET_ID_RE.match(part)
-        if match:
-            return str(int(match.group(1)))
-    return None
-
-
-def _missing(what: str, path: Path, dataset_id: str | None) -> WeightsError:
-    return WeightsError(f"{what} not found: {path}; install the weights with '{download_hint(dataset_id)}'")
-
-
-def find_dataset_folder(dataset_id: int | str, weights_dir: Path | str | None = None) -> Path:
-    """The folder of a dataset in the weights dir: the registry's folder name first, else nnU-Net's
-    ``Dataset%03d_*`` lookup. Raises WeightsError when it is not installed."""
-    weights_dir = Path(weights_dir) if weights_dir is not None else config.weights_dir()
-    try:
-        candidate = weights_dir / get_dataset(dataset_id).folder
-        if candidate.is_dir():
-            return candidate
-    except OptionError:
-        candidate = None
-    if str(dataset_id).isdigit() and weights_dir.is_dir():
-        matches = sorted(p for p in weights_dir.glob(f"Dataset{int(dataset_id):03d}_*") if p.is_dir())
-        if matches:
-            if len(matches) > 1:
-                logger.debug("several folders for dataset %s, using %s", dataset_id, matches[0])
-            return matches[0]
-    if candidate is None:
-        pattern = f"Dataset{int(dataset_id):03d}_*" if str(dataset_id).isdigit() else str(dataset_id)
-        candidate = weights_dir / pattern
-    raise _missing(f"weights of dataset {dataset_id}", candidate, str(dataset_id))
 
 
 # ---------------------------------------------------------------------------------------------------------------
