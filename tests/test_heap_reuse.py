@@ -113,3 +113,59 @@ def test_the_outermost_use_decides_about_trimming(libc_calls):
     with heap_reuse.reuse_freed_memory():
         pass
     assert trims() == [(0,)]
+
+
+def test_fault_in_leaves_pages_for_the_first_block_of_a_run():
+    pages = BLOCK // resource.getpagesize()
+    with heap_reuse.reuse_freed_memory():
+        fresh = _faults_of_block()  # the control: a run's first block faults its pages in
+    with heap_reuse.reuse_freed_memory():
+        thread = heap_reuse.fault_in_background(2 * BLOCK)
+        assert thread is not None
+        thread.join()
+        warm = _faults_of_block()
+        assert heap_reuse.fault_in_background(2 * BLOCK) is None  # once while freed memory is kept
+    assert fresh >= 32, fresh
+    assert warm < min(fresh, pages) // 4, (warm, fresh)
+
+
+@pytest.fixture
+def fault_in_sizes(monkeypatch) -> list[int]:
+    """The sizes the background thread is asked to fault in (nothing is allocated)."""
+    sizes: list[int] = []
+    monkeypatch.setattr(heap_reuse, "_fault_in", lambda libc, size: sizes.append(size))
+    return sizes
+
+
+def test_fault_in_only_inside_a_run_and_once_per_run(fault_in_sizes):
+    assert heap_reuse.fault_in_background(BLOCK) is None
+    with heap_reuse.reuse_freed_memory(trim=False):  # a batch around its cases
+        for _ in range(2):
+            with heap_reuse.reuse_freed_memory():
+                thread = heap_reuse.fault_in_background(BLOCK)
+                if thread is not None:
+                    thread.join()
+    with heap_reuse.reuse_freed_memory():  # a later run starts with a trimmed heap
+        heap_reuse.fault_in_background(3 * BLOCK).join()
+    assert fault_in_sizes == [BLOCK, 3 * BLOCK]
+
+
+def test_fault_in_is_bounded_by_the_available_memory_and_its_limit(fault_in_sizes, monkeypatch):
+    for available, asked, expected in [(4 * BLOCK, 10 * BLOCK, BLOCK), (1 << 40, 1 << 34, heap_reuse._FAULT_IN_LIMIT),
+                                       (None, BLOCK, None), (4 * BLOCK, 0, None)]:
+        monkeypatch.setattr(heap_reuse, "_available_memory_bytes", lambda: available)
+        with heap_reuse.reuse_freed_memory():
+            thread = heap_reuse.fault_in_background(asked)
+            if thread is not None:
+                thread.join()
+            assert (thread is None) == (expected is None)
+    assert fault_in_sizes == [BLOCK, heap_reuse._FAULT_IN_LIMIT]
+    assert heap_reuse._FAULT_IN_LIMIT < heap_reuse._RUN_TRIM_THRESHOLD  # freed, it stays in the heap
+    assert heap_reuse._FAULT_IN_BLOCK < heap_reuse._RUN_MMAP_THRESHOLD  # allocated from the heap
+
+
+def test_no_fault_in_with_the_switch_off(fault_in_sizes, monkeypatch):
+    monkeypatch.setenv(heap_reuse.HEAP_REUSE_ENV, "off")
+    with heap_reuse.reuse_freed_memory():
+        assert heap_reuse.fault_in_background(BLOCK) is None
+    assert fault_in_sizes == []

@@ -369,6 +369,50 @@ def test_prefetch_loads_into_the_cache_and_ignores_missing_weights(total_fast_ho
         prefetch.prefetch_model(key, "tpu").device()
 
 
+def test_first_tile_bytes_from_the_plans(total_fast_home):
+    from totalsegmentator import prefetch
+    from totalsegmentator.inference.locate import result_folder
+
+    key = prefetch.first_model(get_task("total"), get_task("total").modes["fast"])
+    plans = json.loads((result_folder(*key[:4]) / "plans.json").read_text())
+    conf = plans["configurations"][key[3]]
+    values = int(np.prod(conf["patch_size"])) * conf["architecture"]["arch_kwargs"]["features_per_stage"][0]
+    assert prefetch.first_tile_bytes(key) == int(prefetch.TILE_WORKING_SET_FACTOR * values * 4)
+    assert prefetch.first_tile_bytes(key, "bf16") == int(prefetch.TILE_WORKING_SET_FACTOR * values * 2)
+    assert prefetch.first_tile_bytes((999,) + key[1:]) is None  # not installed
+
+
+def test_first_tile_bytes_follows_inherited_configurations(tmp_path, monkeypatch):
+    from totalsegmentator import prefetch
+
+    folder = tmp_path / "Dataset517_x" / "T__P__child"
+    folder.mkdir(parents=True)
+    plans = {"configurations": {"base": {"patch_size": [16, 8, 4], "UNet_base_num_features": 32},
+                                "child": {"inherits_from": "base", "patch_size": [8, 8, 8]}}}
+    (folder / "plans.json").write_text(json.dumps(plans))
+    monkeypatch.setenv("TOTALSEG_WEIGHTS_PATH", str(tmp_path))
+    assert prefetch.first_tile_bytes((517, "T", "P", "child", (0,))) == int(prefetch.TILE_WORKING_SET_FACTOR *
+                                                                           8 * 8 * 8 * 32 * 4)
+
+
+@pytest.mark.parametrize("device,cuda_present,expected", [("cpu", True, True), ("mps", False, False),
+                                                          ("gpu", False, True), ("gpu:1", True, False)])
+def test_memory_of_the_first_tile_is_faulted_in_for_cpu_runs(device, cuda_present, expected, total_fast_home,
+                                                              monkeypatch):
+    """Once the input is read, CPU runs fault in the first model's tile memory on the waiting core."""
+    from totalsegmentator import prefetch
+    from totalsegmentator.inference import device as devices
+
+    asked: list[int] = []
+    monkeypatch.setattr(prefetch, "fault_in_background", lambda nbytes: asked.append(nbytes))
+    monkeypatch.setattr(prefetch, "cuda_may_be_present", lambda: cuda_present)
+    monkeypatch.setattr(devices, "resolve_device", lambda name, quiet=False: devices.torch.device("cpu"))
+    seg = totalsegmentator(small_ct(), None, fast=True, device=device, quiet=True)
+    assert seg.shape == small_ct().shape
+    key = prefetch.first_model(get_task("total"), get_task("total").modes["fast"])
+    assert asked == ([prefetch.first_tile_bytes(key)] if expected else [])
+
+
 def test_prefetch_shortens_the_thread_switch_interval_while_it_runs(monkeypatch):
     """While the prefetch thread holds the GIL (imports, model load), the reading thread's numpy calls get it
     back within half a millisecond instead of 5 ms; the interval before the prefetch comes back after it,

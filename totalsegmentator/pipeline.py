@@ -9,7 +9,6 @@ cropping, helper models (vertebrae_pp_refined) and the rules applied at the inpu
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from nibabel.orientations import ornt_transform
 from . import postprocessing as post
 from .errors import OptionError
 from .options import CropPlan, Options
+from .prefetch import cuda_may_be_present as _cuda_may_be_present
 from .preprocessing import cropping, orientation, resampling, splitting
 from .registry import ROUGH_KIND_TO_MODE, Mode, Part, Task, get_task, model_parts, rough_crop_model
 from .timing import NULL_TIMER, StageTimer
@@ -292,13 +292,6 @@ def segment(img: nib.Nifti1Image, task: Task, mode: Mode, s: RunSettings, crop_p
             outside = _mask_of(rough[0], rough[1], mode.remove_outside.classes)
             labels = post.remove_outside(labels, outside, voxel_sizes, mode.remove_outside.dilation_mm)
     return Segmentation(labels, pred.affine, _filtered(label_map, roi_subset), pred.lowres)
-
-
-def _cuda_may_be_present() -> bool:
-    """False where no CUDA GPU can be present (Linux without NVIDIA device files, macOS), without torch."""
-    if sys.platform.startswith("linux"):  # /dev/dxg: the GPU of WSL 2
-        return any(Path("/dev").glob("nvidia[0-9]*")) or Path("/dev/dxg").exists()
-    return sys.platform != "darwin"
 
 
 def resampling_threads(requested: int) -> int:

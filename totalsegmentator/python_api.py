@@ -132,6 +132,7 @@ def run(opts: Options, timer: StageTimer) -> Any:
         # reading first: its decompression runs outside the GIL, beside torch's import; the pipeline's own
         # imports would wait for that import's locks (scipy) and hold the GIL against it
         img, series = _load_input(opts, timer)  # input errors before any download
+        prefetch.fault_in_first_tile(opts.precision_effective())  # on the core that read the input
         from .pipeline import segment
         from .weights import ensure_dataset
 
