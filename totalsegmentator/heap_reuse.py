@@ -10,8 +10,8 @@ files then reuses the network's pages as well); at the end free memory goes back
 (``malloc_trim``) and the thresholds back to glibc's start values. The price is fragmentation: a higher peak
 (default ``total``: 3.4 -> 4.8 GB resident). ``TOTALSEG_HEAP_REUSE=off`` keeps glibc's defaults.
 
-The first tile still faults its pages in (a 128^3 tile of nnU-Net's standard network: 1.5 GB, about 1 s of its
-5 s on such a machine). ``fault_in_background`` does that beforehand on a core that waits anyway (while torch and
+The first tile still faults its pages in (a 128^3 tile of nnU-Net's standard network: 1.5 GB, 0.4-1.2 s of its
+4-6 s on such a machine). ``fault_in_background`` does that beforehand on a core that waits anyway (while torch and
 the model load), then frees the memory into the heap, where the tile's activations find it.
 """
 from __future__ import annotations
