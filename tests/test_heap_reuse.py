@@ -131,9 +131,15 @@ def test_fault_in_leaves_pages_for_the_first_block_of_a_run():
 
 @pytest.fixture
 def fault_in_sizes(monkeypatch) -> list[int]:
-    """The sizes the background thread is asked to fault in (nothing is allocated)."""
+    """The sizes the background thread is asked to fault in (its blocks are freed unwritten)."""
     sizes: list[int] = []
-    monkeypatch.setattr(heap_reuse, "_fault_in", lambda libc, size: sizes.append(size))
+
+    def record(libc, blocks):
+        sizes.append(sum(size for _, size in blocks))
+        for block, _ in blocks:
+            libc.free(block)
+
+    monkeypatch.setattr(heap_reuse, "_fault_in", record)
     return sizes
 
 

@@ -505,10 +505,10 @@ def test_resampling_device_waits_for_the_device_only_where_cuda_can_be(requested
                                                                       monkeypatch):
     import torch
 
-    from totalsegmentator import pipeline
+    from totalsegmentator import pipeline, prefetch
 
     resolved = []
-    monkeypatch.setattr(pipeline, "_cuda_may_be_present", lambda: cuda_present)
+    monkeypatch.setattr(prefetch, "cuda_may_be_present", lambda: cuda_present)
     settings = pipeline.RunSettings(device_source=lambda: resolved.append(1) or torch.device("cpu"),
                                     requested_device=requested)
     assert settings.resampling_device() is None  # no CUDA here: scipy on the CPU

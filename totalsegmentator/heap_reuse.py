@@ -115,34 +115,50 @@ def _available_memory_bytes() -> int | None:
     return None
 
 
-def _fault_in(libc: ctypes.CDLL, nbytes: int) -> None:
+def _allocate(libc: ctypes.CDLL, nbytes: int) -> list[tuple[int, int]]:
+    """``(address, size)`` blocks of ``nbytes`` in all (fewer where malloc fails), not yet written."""
     blocks = []
+    while nbytes > 0:
+        size = min(nbytes, _FAULT_IN_BLOCK)
+        block = libc.malloc(size)
+        if not block:
+            break
+        blocks.append((block, size))
+        nbytes -= size
+    return blocks
+
+
+def _fault_in(libc: ctypes.CDLL, blocks: list[tuple[int, int]]) -> None:
     try:
-        while nbytes > 0:
-            size = min(nbytes, _FAULT_IN_BLOCK)
-            block = libc.malloc(size)
-            if not block:
-                break
-            blocks.append(block)
+        for block, size in blocks:
             ctypes.memset(block, 0, size)  # the page faults; a foreign call, so the GIL is free meanwhile
-            nbytes -= size
     finally:
-        for block in reversed(blocks):  # back into the heap, coalesced with its top
+        for block, _ in reversed(blocks):  # back into their heap, coalesced with its top
             libc.free(block)
 
 
 def fault_in_background(nbytes: int) -> threading.Thread | None:
     """Fault in ``nbytes`` of heap memory in a background thread and free it again, so that a run's first tile
-    reuses those pages instead of faulting them in itself. Only once while freed memory is kept
-    (``reuse_freed_memory``; a batch's later cases find the heap warm), and at most 1.5 GiB and a quarter of the
-    available memory. Returns the thread, or None when there is nothing to do."""
+    reuses those pages instead of faulting them in itself. The blocks are allocated here, in the heap of the
+    calling thread, which runs the tiles (a thread of its own could get another of glibc's arenas). Only once
+    while freed memory is kept (``reuse_freed_memory``; a batch's later cases find the heap warm), and at most
+    1.5 GiB and a quarter of the available memory. Returns the thread, or None when there is nothing to do."""
     global _faulted_in
-    available = _available_memory_bytes()
-    size = min(int(nbytes), _FAULT_IN_LIMIT, available // 4) if available is not None else 0
     with _lock:
-        if _depth == 0 or _faulted_in or size <= 0:
+        if _depth == 0 or _faulted_in:
+            return None
+        available = _available_memory_bytes()
+        size = min(int(nbytes), _FAULT_IN_LIMIT, available // 4) if available is not None else 0
+        if size <= 0:
             return None
         _faulted_in = True
-    thread = threading.Thread(target=_fault_in, args=(_glibc(), size), name="totalseg-heap-fault-in", daemon=True)
-    thread.start()
+    libc = _glibc()
+    blocks = _allocate(libc, size)
+    thread = threading.Thread(target=_fault_in, args=(libc, blocks), name="totalseg-heap-fault-in", daemon=True)
+    try:
+        thread.start()
+    except BaseException:
+        for block, _ in blocks:
+            libc.free(block)
+        raise
     return thread

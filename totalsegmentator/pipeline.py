@@ -19,7 +19,7 @@ from nibabel.orientations import ornt_transform
 from . import postprocessing as post
 from .errors import OptionError
 from .options import CropPlan, Options
-from .prefetch import cuda_may_be_present as _cuda_may_be_present
+from .prefetch import may_use_cuda
 from .preprocessing import cropping, orientation, resampling, splitting
 from .registry import ROUGH_KIND_TO_MODE, Mode, Part, Task, get_task, model_parts, rough_crop_model
 from .timing import NULL_TIMER, StageTimer
@@ -58,7 +58,7 @@ class RunSettings:
     def resampling_device(self):
         """The CUDA device the input is resampled on, or None for scipy on the CPU. Waits for the device only
         when a CUDA GPU was asked for and can be present, so CPU runs resample beside torch's import."""
-        if self.requested_device in ("cpu", "mps") or not _cuda_may_be_present():
+        if not may_use_cuda(self.requested_device):
             return None
         device = self.device
         return device if getattr(device, "type", None) == "cuda" else None

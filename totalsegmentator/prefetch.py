@@ -50,11 +50,14 @@ def cuda_may_be_present() -> bool:
     return sys.platform != "darwin"
 
 
+def may_use_cuda(device) -> bool:
+    """Whether the requested device (as the options name it: cpu, gpu, gpu:N, mps) can end up as a CUDA GPU,
+    decided without torch."""
+    return isinstance(device, str) and device.startswith("gpu") and cuda_may_be_present()
+
+
 def _runs_on_cpu(device) -> bool:
-    """Whether the requested device (as the options name it) ends up as the CPU, decided without torch."""
-    if device == "cpu":
-        return True
-    return isinstance(device, str) and device.startswith("gpu") and not cuda_may_be_present()
+    return device != "mps" and not may_use_cuda(device)
 
 
 # a tile's activations at their peak, in tile voxels x first-stage features x bytes per value: nnU-Net's plain
