@@ -9,6 +9,7 @@ import pytest
 from nibabel.affines import apply_affine
 from scipy import ndimage
 
+from totalsegmentator.errors import InputImageError
 from totalsegmentator.preprocessing.cropping import bbox_from_mask, crop_to_bbox, margin_voxels, uncrop
 from totalsegmentator.preprocessing.orientation import canonical_zooms, to_canonical
 from conftest import compiled_or_numpy
@@ -79,6 +80,21 @@ def test_canonical_input_is_untouched():
 
 
 # -------------------------------------------------------------------------------------------------- resampling
+
+@pytest.mark.parametrize("device", [None, "cpu"])
+def test_an_image_thinner_than_half_a_target_voxel_is_refused(device):
+    affine = np.diag([1.5, 1.5, 1.5, 1.0])
+    data = RNG.normal(0, 300, size=(20, 20, 2)).astype(np.int16)
+    # two slices of 1.5 mm make one 3 mm voxel ...
+    out, _, _ = resample_image(data, affine, (3.0, 3.0, 3.0), order=1, device=device)
+    assert out.shape == (10, 10, 1)
+    # ... one slice makes none, which no model can segment: a clear error instead of an empty array
+    with pytest.raises(InputImageError, match=r"too thin for the model's 3 mm voxels: 1 voxel\(s\) of 1.5 mm "
+                                              r"\(1.5 mm\) along one axis; more than 1.5 mm is needed"):
+        resample_image(data[:, :, :1], affine, (3.0, 3.0, 3.0), order=1, device=device)
+    with pytest.raises(InputImageError, match="6 mm voxels: 2 voxel"):
+        resample_image(data, affine, (6.0, 6.0, 6.0), order=0, device=device)
+
 
 @pytest.mark.parametrize("order", [0, 1, 3])
 def test_resample_image_matches_direct_zoom(order):

@@ -25,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy import ndimage
 
+from ..errors import InputImageError
+
 try:  # the order-1 zoom in C (an optional extension, see setup.py); without it numpy computes the same values
     from . import _linear_zoom as _zoom_c
 except ImportError:
@@ -69,6 +71,7 @@ def resample_image(data: np.ndarray, affine: np.ndarray, target_spacing_xyz: Seq
     if np.array_equal(spacing[:3], target[:3]):
         return data, affine, np.ones(3)
     zoom = spacing[:3] / target[:3]
+    _require_voxels(data.shape[:3], spacing[:3], target[:3], zoom)
     new_affine = affine.copy()
     new_affine[:3, :3] = affine[:3, :3] / zoom
     if device is not None and data.ndim == 3:
@@ -78,6 +81,15 @@ def resample_image(data: np.ndarray, affine: np.ndarray, target_spacing_xyz: Seq
             return resample_image_on_device(data, zoom, order, device), new_affine, zoom
     out = zoom_image(data, zoom, order=order, threads=threads, output=np.float64)
     return out.astype(np.int32), new_affine, zoom
+
+
+def _require_voxels(shape: Sequence[int], spacing: np.ndarray, target: np.ndarray, zoom: np.ndarray) -> None:
+    """Refuse an image that resampling would leave with no voxel along an axis (thinner than half a voxel)."""
+    for n, size, wanted, out in zip(shape, spacing, target, zoom_output_shape(shape, zoom)):
+        if out == 0:
+            raise InputImageError(
+                f"the image is too thin for the model's {wanted:g} mm voxels: {n} voxel(s) of {size:g} mm "
+                f"({n * size:g} mm) along one axis; more than {wanted / 2:g} mm is needed")
 
 
 def zoom_image(data: np.ndarray, zoom: Sequence[float], order: int = 1, threads: int = 1,
