@@ -279,6 +279,30 @@ def test_output_locations(tmp_path, nifti):
     assert not Options(input=nifti, statistics=True, fastest=True).validated().fast_statistics
 
 
+
+def test_output_that_cannot_be_written_is_refused_before_any_model_runs(tmp_path, nifti, dicom_dir):
+    a_file = tmp_path / "taken"
+    a_file.write_bytes(b"x")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert f"output '{a_file}' is a file; per-class output needs a folder" in _error(input=nifti, output=a_file)
+    assert (f"output '{folder}' is a folder; with --ml it is the file to write, "
+            f"e.g. '{folder / 'segmentation.nii.gz'}'") in _error(input=nifti, output=folder, ml=True)
+    assert "with --output_type dicom_rtstruct it is the file to write" in _error(
+        input=dicom_dir, output=folder, output_type="dicom_rtstruct")
+    below_a_file = a_file / "sub" / "seg.nii.gz"
+    assert f"cannot make the output folder '{below_a_file.parent}': '{a_file}' is a file" in _error(
+        input=nifti, output=below_a_file, ml=True)
+    assert "taken' is a file" in _error(input=nifti, output=a_file / "seg")
+    assert "taken' is a file" in _error(input=dicom_dir, output=a_file / "x", output_type="nifti,dicom_seg")
+    # what the official tool accepts stays accepted: a per-class folder that exists or not, an existing --ml file
+    # (overwritten), a DICOM SEG or several types into an existing folder
+    for kwargs in ({"output": folder}, {"output": tmp_path / "new" / "seg"}, {"output": a_file, "ml": True},
+                   {"input": dicom_dir, "output": folder, "output_type": "dicom_seg"},
+                   {"input": dicom_dir, "output": folder, "output_type": "nifti,dicom_rtstruct"}):
+        kwargs.setdefault("input", nifti)
+        Options(**kwargs).validated()
+
 def test_notices(nifti, tmp_path):
     opts = Options(input=nifti, nora_tag="proj1", v1_order=True, task="body", crop_path=tmp_path).validated()
     notes = opts.notices()

@@ -217,6 +217,7 @@ class Options:
         opts._check_model_choice(task)
         opts._check_roi_subset(task)
         opts._check_output_types()
+        opts._check_output_location()
         opts._check_save_lowres()
         opts._check_statistics()
         if opts.license_number is not None:
@@ -296,6 +297,33 @@ class Options:
             if is_nifti_path(self.input):
                 raise OptionError("DICOM output (dicom_rtstruct, dicom_seg) needs a DICOM input; "
                                   f"'{self.input}' is a NIfTI file")
+
+    def _check_output_location(self) -> None:
+        """``output`` can be written: a folder for per-class files, a file for one multilabel or RT struct result,
+        and no existing file where a folder has to be made (caught here, before any model runs)."""
+        if self.output is None:
+            return
+        out = Path(self.output)
+        types = self.output_types
+        if not self.multilabel:
+            if out.exists() and not out.is_dir():
+                raise OptionError(f"output '{out}' is a file; per-class output needs a folder "
+                                  "(or use --ml to write one multilabel file)")
+            folder = out
+        elif len(types) == 1 and types[0] != "dicom_seg":
+            if out.is_dir():
+                how, example = ("--ml", "segmentation.nii.gz") if types[0] == "nifti" else \
+                    (f"--output_type {types[0]}", "segmentation.dcm")
+                raise OptionError(f"output '{out}' is a folder; with {how} it is the file to write, "
+                                  f"e.g. '{out / example}'")
+            folder = out.parent
+        else:  # dicom_seg or several types: into an existing folder, else beside the named file
+            folder = out if out.is_dir() else out.parent
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if existing.exists() and not existing.is_dir():
+            raise OptionError(f"cannot make the output folder '{folder}': '{existing}' is a file")
 
     def _check_save_lowres(self) -> None:
         if not self.save_lowres:
