@@ -274,6 +274,18 @@ def test_missing_slice_gives_one_line_error(tmp_path, monkeypatch):
     assert list(private_tmp.iterdir()) == []  # the private working folder is removed on failure
 
 
+
+def test_refused_series_without_series_uid_is_named_plainly(tmp_path):
+    series = write_series(tmp_path / "in", n_slices=8)
+    for f in series.files:  # anonymised exports may leave the UID empty (so does ../shared's example series)
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = ""
+        ds.save_as(f)
+    series.files[3].unlink()
+    with pytest.raises(DicomError, match=r"^the DICOM series \(no SeriesInstanceUID\) cannot be converted: "
+                                         r"slices are missing"):
+        load_dicom(tmp_path / "in")
+
 def test_dicom_modality(tmp_path):
     write_series(tmp_path / "ct", n_slices=2)
     write_series(tmp_path / "mr", n_slices=2, modality="MR")

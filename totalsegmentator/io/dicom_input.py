@@ -5,6 +5,7 @@ The chosen series is copied into a private temporary folder that lives as long a
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import stat
@@ -21,6 +22,10 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from totalsegmentator.errors import DicomError
+
+# dicom2nifti explains a refused series in many log lines; with no handler anywhere Python prints them to stderr
+# ahead of our one-line error. An application that configures logging still receives them.
+logging.getLogger("dicom2nifti").addHandler(logging.NullHandler())
 
 MAX_ZIP_BYTES = 8 * 1024**3  # uncompressed size limit of a zip input
 MAX_ZIP_RATIO = 200  # uncompressed / compressed size above which a big zip is refused as a bomb
@@ -253,6 +258,7 @@ def _convert(series_dir: Path, out_dir: Path, series_uid: str) -> nib.Nifti1Imag
     import dicom2nifti
     import dicom2nifti.exceptions as d2n_errors
 
+    name = f"DICOM series {series_uid}" if series_uid else "the DICOM series (no SeriesInstanceUID)"
     out_dir.mkdir(parents=True)
     # Uncompressed: the file is private and read back at once; gzip would only cost time
     # (the image, header included, is identical to the official converted_dcm.nii.gz).
@@ -260,12 +266,12 @@ def _convert(series_dir: Path, out_dir: Path, series_uid: str) -> nib.Nifti1Imag
     try:
         dicom2nifti.dicom_series_to_nifti(str(series_dir), str(out_file), reorient_nifti=True)
     except (d2n_errors.ConversionValidationError, d2n_errors.ConversionError) as e:
-        raise DicomError(f"DICOM series {series_uid} cannot be converted: {_explain(e)}") from None
+        raise DicomError(f"{name} cannot be converted: {_explain(e)}") from None
     except Exception as e:  # dicom2nifti raises plain errors for many kinds of broken series
         message = " ".join(str(e).split()) or type(e).__name__
-        raise DicomError(f"DICOM series {series_uid} cannot be converted: {message}") from None
+        raise DicomError(f"{name} cannot be converted: {message}") from None
     if not out_file.exists():
-        raise DicomError(f"DICOM series {series_uid} cannot be converted: dicom2nifti wrote no image")
+        raise DicomError(f"{name} cannot be converted: dicom2nifti wrote no image")
     # Load from bytes so the image does not depend on the temporary file.
     return nib.Nifti1Image.from_bytes(out_file.read_bytes())
 
