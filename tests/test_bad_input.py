@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+from _dicom_helpers import write_series
 from totalsegmentator.bin.TotalSegmentator import main
 from totalsegmentator.inference.cache import clear_cache
 from totalsegmentator.testing.phantoms import Phantom, grid_affine
@@ -41,13 +44,15 @@ def _write_bad(kind: str, folder):
         nib.save(nib.Nifti1Image(np.zeros((10, 10, 8, 2), np.int16), np.eye(4)), path)
     elif kind == "zero_axis":
         nib.save(nib.Nifti1Image(np.zeros((10, 0, 8), np.int16), np.eye(4)), path)
+    elif kind == "one_slice":  # one 1 mm slice: no voxel at the model's 3 mm
+        nib.save(nib.Nifti1Image(np.zeros((10, 10, 1), np.int16), np.eye(4)), path)
     elif kind == "all_nan":
         nib.save(nib.Nifti1Image(np.full((10, 10, 8), np.nan, np.float32), np.eye(4)), path)
     return path
 
 
 @pytest.mark.parametrize("kind", ["missing", "truncated_gzip", "not_an_image", "2d", "4d_two_volumes",
-                                  "zero_axis", "all_nan"])
+                                  "zero_axis", "one_slice", "all_nan"])
 def test_bad_input_is_one_clear_line(kind, fast_weights, tmp_path, capsys):
     bad = _write_bad(kind, tmp_path)
     out = tmp_path / "seg"
@@ -57,6 +62,7 @@ def test_bad_input_is_one_clear_line(kind, fast_weights, tmp_path, capsys):
     lines = [line for line in captured.err.splitlines() if line.strip()]
     assert len(lines) == 1, captured.err
     assert "error" in lines[0].lower()
+    assert "unexpected" not in lines[0]  # recognised as bad input, not caught as a crash
     assert "Traceback" not in captured.err + captured.out
     assert not out.exists()
 
@@ -93,3 +99,18 @@ def test_sheared_affine_is_segmented_in_its_own_grid(fast_weights, tmp_path):
     written = nib.load(out / "liver.nii.gz")
     assert written.shape == good.shape
     np.testing.assert_allclose(written.affine, affine)
+
+
+def test_refused_dicom_series_is_one_line_on_stderr(fast_weights, tmp_path):
+    # a subprocess: pytest's log capture would hide what a user's terminal shows (dicom2nifti's own log lines)
+    series = write_series(tmp_path / "series", n_slices=8)
+    series.files[3].unlink()  # files are listed in slice order: a gap inside the series
+    out = tmp_path / "seg"
+    proc = subprocess.run([sys.executable, "-m", "totalsegmentator.bin.TotalSegmentator", "-i",
+                           str(tmp_path / "series"), "-o", str(out), "--fast", "-d", "cpu", "-q"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"TotalSegmentator: error: DICOM series {series.series_uid} cannot be converted: slices are missing or "
+        "unevenly spaced (SLICE_INCREMENT_INCONSISTENT)"]
+    assert not out.exists()
