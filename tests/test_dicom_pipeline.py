@@ -2,6 +2,8 @@
 same run on every slice."""
 from __future__ import annotations
 
+import stat
+
 import highdicom as hd
 import nibabel as nib
 import numpy as np
@@ -45,6 +47,8 @@ def test_dicom_outputs_equal_the_nifti_output(orientation, as_zip, fast_home, tm
     totalsegmentator(source, out, fast=True, device="cpu", quiet=True,
                      output_type=["nifti", "dicom_seg", "dicom_rtstruct"])
     assert sorted(p.name for p in out.parent.iterdir()) == ["case.nii.gz", "case_rtstruct.dcm", "case_seg.dcm"]
+    # all three readable alike (a PACS import service runs as another user): not the 0600 of a temp file
+    assert len({stat.S_IMODE(p.stat().st_mode) for p in out.parent.iterdir()}) == 1
 
     nifti, label_map = load_multilabel_nifti(out.parent / "case.nii.gz")
     labels = np.asarray(nifti.dataobj)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LicenseError
-from .jsonfile import write_json_atomic
+from .atomic_files import write_json_atomic
 from .registry import ACADEMIC_LICENSE_URL
 
 LICENSE_PREFIX = "aca_"

@@ -14,7 +14,7 @@ from .errors import OptionError
 from .gc_pause import garbage_collection_paused
 from .heap_reuse import reuse_freed_memory
 from .options import Options
-from .jsonfile import write_json_atomic
+from .atomic_files import write_json_atomic
 from .outputs import DICOM_TYPES, extras_dir, multilabel_image, write_body_derived_masks, write_nifti_outputs
 from .registry import ROUGH_KIND_TO_MODE, extra_class_map, get_task
 from .timing import StageTimer

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from . import __version__
 from . import config
+from .atomic_files import write_text_atomic
 from .errors import LicenseError, UnknownTaskError, WeightsError
 from .registry import (
     ACADEMIC_LICENSE_URL,
@@ -211,9 +212,7 @@ def _discard(*paths: Path) -> None:
 
 
 def _write_meta(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    write_text_atomic(json.dumps(data), path)
 
 
 def _download(source: _Source, part: Path, label: str, quiet: bool) -> None:

@@ -32,6 +32,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage, optimize
 
+from ..atomic_files import write_bytes_atomic
 from ..errors import InputImageError, OptionError
 
 FRONTAL_HORNS = ("ventricle_frontal_horn_left", "ventricle_frontal_horn_right")
@@ -329,21 +330,6 @@ def render_evans_png(measurement: EvansMeasurement) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=200, facecolor="black")
     return buf.getvalue()
-
-
-def write_bytes_atomic(data: bytes, path: Path) -> None:
-    """Write ``data`` to a temp file next to ``path`` and move it into place."""
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_evans_png(measurement: EvansMeasurement, out_png: str | Path) -> Path:

@@ -21,7 +21,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -29,6 +28,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from ..atomic_files import atomic_path
 from ..errors import OptionError
 
 CT_WINDOW = (-115.0, 225.0)
@@ -218,15 +218,8 @@ def _render_3d_panel(seg: np.ndarray, zooms: np.ndarray, labels: Sequence[int], 
 def _write_png_atomic(rgb: np.ndarray, out_png: Path) -> None:
     from PIL import Image
 
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_png.parent, prefix=f".{out_png.name}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(out_png, suffix=".png") as tmp:
         Image.fromarray((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8), mode="RGB").save(tmp, format="PNG")
-        os.replace(tmp, out_png)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def generate_preview(ct_img: nib.Nifti1Image, seg_xyz: np.ndarray, class_map: Mapping[int, str],

@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import InputImageError, OptionalDependencyError
-from ..jsonfile import write_json_atomic
+from ..atomic_files import write_json_atomic
 
 RADIOMICS_SETTINGS: dict[str, Any] = {"resampledPixelSpacing": [3, 3, 3], "geometryTolerance": 1e-3}
 ENABLED_FEATURE_CLASSES = ("shape", "firstorder")

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputImageError, OptionError
-from ..jsonfile import write_json_atomic
+from ..atomic_files import write_json_atomic
 
 BORDER_VOXELS = 3
 

@@ -137,7 +137,7 @@ def import_step_modules(dicom: bool) -> None:
     """
     import importlib
 
-    from .. import jsonfile, outputs, registry, timing  # noqa: F401
+    from .. import atomic_files, outputs, registry, timing  # noqa: F401
     from ..errors import InputImageError  # noqa: F401
     from ..io import label_header, nifti  # noqa: F401
 
@@ -298,7 +298,7 @@ def _write_split(pred: Predicted) -> None:
     import numpy as np
 
     from ..io.label_header import read_label_map
-    from ..jsonfile import write_json_atomic
+    from ..atomic_files import write_json_atomic
     from ..outputs import extras_dir, write_body_derived_masks, write_nifti_outputs
     from ..registry import get_task
 
@@ -319,7 +319,7 @@ def _write_split(pred: Predicted) -> None:
 
 def _point_report_at_outputs(report: Path, case: Case, output: Path) -> None:
     """The run report names the staging folder and an in-memory input; name the case's real paths instead."""
-    from ..jsonfile import write_json_atomic
+    from ..atomic_files import write_json_atomic
 
     data = json.loads(report.read_text())
     data["input"], data["output"] = case.input, str(output)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 
 from ..errors import OptionError
-from ..jsonfile import write_json_atomic
+from ..atomic_files import write_json_atomic
 from .cases import Case
 
 STATE_DIR = ".totalseg_batch"

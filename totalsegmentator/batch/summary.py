@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic_files import write_text_atomic
 from .process import CaseResult
 
 SUMMARY_JSON = "batch_summary.json"
@@ -83,22 +82,10 @@ class BatchSummary:
         """Write the JSON and CSV summaries atomically."""
         import json
 
-        _write_text_atomic(self.json_path, json.dumps(self.as_dict(), indent=2, default=str))
+        write_text_atomic(json.dumps(self.as_dict(), indent=2, default=str), self.json_path)
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
         for r in self.results:
             writer.writerow([r.case_id, r.input, r.status, f"{r.seconds:.3f}", r.error or ""])
-        _write_text_atomic(self.csv_path, buffer.getvalue())
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_text_atomic(buffer.getvalue(), self.csv_path)

@@ -26,8 +26,7 @@ def build_parser() -> OneLineParser:
 
 def _run(args: argparse.Namespace) -> int:
     """Measure the Evans index; write the JSON result and the PNG preview."""
-    from ..analysis.evans_index import write_bytes_atomic
-    from ..jsonfile import write_json_atomic
+    from ..atomic_files import write_bytes_atomic, write_json_atomic
 
     final = None
     for step in evans_index(str(args.ct_img), verbose=args.verbose):

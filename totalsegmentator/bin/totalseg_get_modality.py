@@ -24,7 +24,7 @@ def build_parser() -> OneLineParser:
 
 def _run(args: argparse.Namespace) -> int:
     """Classify ``-i`` as CT or MR and write the result JSON to ``-o``."""
-    from ..jsonfile import write_json_atomic
+    from ..atomic_files import write_json_atomic
     from ..io.nifti import load_input_image
 
     img = load_input_image(args.i)

@@ -44,7 +44,7 @@ def f_type_of(path: str) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     """Estimate the contrast phase of ``-i`` and write the result JSON to ``-o``."""
-    from ..jsonfile import write_json_atomic
+    from ..atomic_files import write_json_atomic
 
     result = None
     for step in get_ct_contrast_phase(str(args.i), f_type=f_type_of(args.i), model_file=args.m, quiet=args.q,

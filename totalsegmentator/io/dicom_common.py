@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import colorsys
-import contextlib
 import copy
 import csv
 import hashlib
-import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -262,22 +259,6 @@ def repair_source_uids(datasets: Sequence[Dataset], in_place: bool = False) -> l
             if not ds.get(keyword):
                 setattr(ds, keyword, value)
     return out
-
-
-@contextlib.contextmanager
-def atomic_output(out_path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``out_path``; move it into place only if the block succeeds."""
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp.dcm", dir=out_path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 OUTPUT_TYPES = ("nifti", "dicom_rtstruct", "dicom_seg")

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 from pydicom.valuerep import DSfloat
 
+from totalsegmentator.atomic_files import atomic_path
 from totalsegmentator.errors import DicomError
 from totalsegmentator.io.dicom_common import (
     as_label_array,
-    atomic_output,
     non_empty_classes,
     place_series,
     repair_source_uids,
@@ -65,7 +65,7 @@ def write_rtstruct(seg_xyz: np.ndarray, class_map: dict[int, str], series, out_p
     _exact_contour_positions(rtstruct)
 
     out_path = Path(out_path)
-    with atomic_output(out_path) as tmp, _quiet_deprecations():
+    with atomic_path(out_path, suffix=".tmp.dcm") as tmp, _quiet_deprecations():
         rtstruct.ds.save_as(tmp, enforce_file_format=True)
     return out_path
 

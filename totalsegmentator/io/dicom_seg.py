@@ -8,11 +8,11 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 import totalsegmentator
+from totalsegmentator.atomic_files import atomic_path
 from totalsegmentator.errors import DicomError
 from totalsegmentator.io.dicom_common import (
     Coding,
     as_label_array,
-    atomic_output,
     non_empty_classes,
     place_series,
     repair_source_uids,
@@ -95,7 +95,7 @@ def write_dicom_seg(seg_xyz: np.ndarray, class_map: dict[int, str], series, out_
         detail = " ".join(str(e).split())
         raise DicomError(f"cannot build the DICOM-SEG: {type(e).__name__}: {detail}") from None
     out_path = Path(out_path)
-    with atomic_output(out_path) as tmp:
+    with atomic_path(out_path, suffix=".tmp.dcm") as tmp:
         seg.save_as(tmp)
     return out_path
 

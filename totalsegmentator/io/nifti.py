@@ -23,7 +23,6 @@ import io
 import logging
 import mmap
 import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Union
@@ -31,6 +30,7 @@ from typing import Union
 import nibabel as nib
 import numpy as np
 
+from ..atomic_files import write_atomic
 from ..errors import InputImageError
 
 logger = logging.getLogger("totalsegmentator")
@@ -55,17 +55,6 @@ def fast_gzip():
     except ImportError:
         return None
     return igzip
-
-
-def _read_umask() -> int:
-    # mkstemp creates files with mode 0600; written outputs get the usual permissions instead. Read once at
-    # import: os.umask can only be read by setting it, which is not safe while writer threads run.
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
 
 
 def load_input_image(path_or_img: PathLike | nib.spatialimages.SpatialImage) -> nib.Nifti1Image:
@@ -389,26 +378,4 @@ def save_nifti_atomic(img: nib.Nifti1Image, path: PathLike, compresslevel: int =
     give identical files); any other name is written uncompressed. The parent folder is created if needed.
     """
     path = Path(path)
-    return _atomic(path, lambda raw: _write_stream(img, raw, path.name.endswith(".gz"), compresslevel))
-
-
-def write_bytes_atomic(content: bytes, path: PathLike) -> Path:
-    """Write ready-made file content atomically (e.g. :func:`nifti_bytes` reused for many files)."""
-    return _atomic(Path(path), lambda raw: raw.write(content))
-
-
-def _atomic(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            write(raw)
-        os.chmod(tmp_name, 0o666 & ~_UMASK)
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
-        raise
-    return path
+    return write_atomic(path, lambda raw: _write_stream(img, raw, path.name.endswith(".gz"), compresslevel))

@@ -23,8 +23,9 @@ from typing import Union
 import nibabel as nib
 import numpy as np
 
+from ..atomic_files import write_bytes_atomic
 from .label_header import LabelMap, add_label_map_to_nifti, remove_label_extensions
-from .nifti import DEFAULT_COMPRESSLEVEL, nifti_bytes, nifti_header_bytes, save_nifti_atomic, write_bytes_atomic
+from .nifti import DEFAULT_COMPRESSLEVEL, nifti_bytes, nifti_header_bytes, save_nifti_atomic
 
 try:  # the encoder's loops in C (an optional extension, see setup.py); without it numpy does the same work
     from . import _maskcodec

@@ -9,9 +9,7 @@ folds and spacing default to what the task registry says for the dataset id. The
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 
 from .. import config
+from ..atomic_files import write_atomic, write_json_atomic
 from ..errors import OptionError
 from ..registry import Mode, Task, get_dataset, get_task, rough_crop_model, task_registry
 
@@ -71,21 +70,8 @@ def dataset_defaults(dataset_id: int) -> DatasetDefaults:
     return DatasetDefaults(dataset_id, _dataset_folder_name(dataset_id, None), None, None, {1: "foreground"}, "CT")
 
 
-def _atomic_write_bytes(path: Path, write: Any) -> None:
-    """Write through ``write(file_object)`` into a temp file next to ``path``, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, data: dict) -> None:
-    _atomic_write_bytes(path, lambda f: f.write(json.dumps(data, indent=4).encode()))
+    write_json_atomic(data, path)
 
 
 def make_dataset_json(labels: dict[int, str], modality: str = "CT", num_training: int = 1) -> dict:
@@ -239,7 +225,7 @@ def write_tiny_dataset(weights_dir: Path | str | None, dataset_id: int, labels: 
             "trainer_name": trainer,
             "inference_allowed_mirroring_axes": (0, 1, 2),
         }
-        _atomic_write_bytes(result_folder / f"fold_{fold}" / "checkpoint_final.pth",
+        write_atomic(result_folder / f"fold_{fold}" / "checkpoint_final.pth",
                             lambda f, c=checkpoint: torch.save(c, f))
     return result_folder
 
@@ -354,4 +340,4 @@ def make_constant_model(result_folder: Path | str, label: int) -> None:
         bias = weights[head[: -len("weight")] + "bias"]
         bias.zero_()
         bias[int(label)] = 10.0
-        _atomic_write_bytes(checkpoint_path, lambda f, c=checkpoint: torch.save(c, f))
+        write_atomic(checkpoint_path, lambda f, c=checkpoint: torch.save(c, f))
