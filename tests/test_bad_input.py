@@ -88,6 +88,17 @@ def test_single_volume_4d_and_nan_voxels_are_handled(fast_weights, tmp_path, cap
     np.testing.assert_allclose(written.affine, good.affine)
 
 
+
+def test_nifti_name_in_capitals_is_read_as_nifti(fast_weights, tmp_path):
+    # names from Windows or PACS exports: option checks and the reader agree that CT.NII.GZ is a NIfTI
+    good = _good()
+    path = tmp_path / "CT.NII.GZ"
+    nib.save(good, tmp_path / "ct.nii.gz")
+    (tmp_path / "ct.nii.gz").rename(path)
+    out = tmp_path / "seg"
+    assert main(["-i", str(path), "-o", str(out), "--fast", "-d", "cpu", "-q"]) == 0
+    assert nib.load(out / "liver.nii.gz").shape == good.shape
+
 def test_sheared_affine_is_segmented_in_its_own_grid(fast_weights, tmp_path):
     good = _good()
     affine = good.affine.copy()

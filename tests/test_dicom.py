@@ -253,9 +253,13 @@ def test_folder_without_dicom_images_is_an_error(tmp_path):
         load_dicom(tmp_path / "junk")
     with pytest.raises(DicomError, match="not found"):
         load_dicom(tmp_path / "missing")
-    (tmp_path / "file.txt").write_text("x")
-    with pytest.raises(DicomError, match="neither a folder"):
-        load_dicom(tmp_path / "file.txt")
+    (tmp_path / "ct.mha").write_text("ObjectType = Image")
+    with pytest.raises(DicomError, match=r"ct.mha is neither a NIfTI file \(.nii, .nii.gz\) nor a folder or .zip of "
+                                         r"DICOM slices; convert other image formats"):
+        load_dicom(tmp_path / "ct.mha")
+    series = write_series(tmp_path / "series", n_slices=3)
+    with pytest.raises(DicomError, match="is a single DICOM file; pass the folder"):
+        load_dicom(series.files[0])
 
 
 def test_missing_slice_gives_one_line_error(tmp_path, monkeypatch):

@@ -75,7 +75,7 @@ def _load_input(opts: Options, timer: StageTimer):
     from .io.nifti import load_input_image
 
     with timer.stage("load"):
-        if isinstance(opts.input, nib.Nifti1Image) or str(opts.input).endswith((".nii", ".nii.gz")):
+        if not opts.input_is_dicom:
             return load_input_image(opts.input), None
         from .io.dicom_input import load_dicom
 

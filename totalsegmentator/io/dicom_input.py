@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 import nibabel as nib
 import pydicom
+from pydicom.misc import is_dicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
@@ -89,7 +90,7 @@ def load_dicom(path: str | Path, series_uid: str | None = None,
             source = workdir / "extracted_dcm"
             extract_zip_safely(path, source, max_bytes=max_zip_bytes)
         else:
-            raise DicomError(f"{path} is neither a folder of DICOM slices nor a .zip of them")
+            raise DicomError(_not_an_input(path))
         chosen_uid, slices = _choose_series(_scan_slices(source), series_uid, path)
         series_dir = workdir / "series"
         files = _link_series(slices, series_dir)
@@ -229,6 +230,14 @@ def _choose_series(slices: list[_Slice], series_uid: str | None, path: Path) -> 
                          "choose one with series_uid (--series_uid)")
     uid, chosen = next(iter(groups.items()))
     return uid, chosen
+
+
+def _not_an_input(path: Path) -> str:
+    """What to do with a file that is neither NIfTI (by its name) nor a zip."""
+    if is_dicom(path):
+        return f"{path} is a single DICOM file; pass the folder (or a .zip) holding all slices of the series"
+    return (f"{path} is neither a NIfTI file (.nii, .nii.gz) nor a folder or .zip of DICOM slices; convert other "
+            "image formats (.mha, .nrrd, ...) to NIfTI first")
 
 
 def _describe(groups: dict[str, list[_Slice]]) -> str:
