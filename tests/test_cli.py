@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -287,6 +290,26 @@ def test_errors_from_the_api(nifti, tmp_path, monkeypatch, capsys, exc, code, fr
     assert got == code
     _assert_one_error_line(err, fragment)
 
+
+
+def test_sigterm_unwinds_the_run_like_ctrl_c(nifti, tmp_path, monkeypatch, capsys):
+    # a scheduler's stop or time limit: the run's cleanup (temp folders, temp files) must still happen
+    cleaned = []
+
+    def terminated_while_running(**kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)  # the handler interrupts this at once
+        finally:
+            cleaned.append(True)
+
+    monkeypatch.setattr(python_api, "totalsegmentator", terminated_while_running)
+    before = signal.getsignal(signal.SIGTERM)
+    started = time.monotonic()
+    got, _, err = run_main(capsys, ["-i", str(nifti), "-o", str(tmp_path / "o")])
+    assert got == 143 and cleaned == [True] and time.monotonic() - started < 20
+    _assert_one_error_line(err, "terminated (SIGTERM)")
+    assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
 
 def test_verbose_shows_the_traceback(nifti, tmp_path, monkeypatch, capsys):
     def fail(**kwargs):

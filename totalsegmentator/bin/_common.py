@@ -2,14 +2,17 @@
 
 Every command prints problems as ``<prog>: error: <message>`` on stderr (one line) and exits non-zero:
 2 for usage and option errors, the exception's ``exit_code`` for our own errors (1 for most), 1 for
-unexpected exceptions and 130 for Ctrl-C. Tracebacks are shown only with ``-v``/``--verbose``.
+unexpected exceptions, 130 for Ctrl-C and 143 for SIGTERM (a job scheduler's stop or time limit; the run unwinds
+as for Ctrl-C, so temp folders are removed and no output is left half-written). Tracebacks only with ``-v``.
 """
 from __future__ import annotations
 
 import argparse
 import atexit
 import gc
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +26,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
 _final_collection_skipped = False
@@ -104,11 +108,36 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse
         return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USAGE)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread; a KeyboardInterrupt so that everything handling Ctrl-C handles it."""
+
+
+def _raise_terminated(signum: int, frame: object) -> NoReturn:
+    raise Terminated()
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While a command runs, SIGTERM raises Terminated instead of ending the process on the spot."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # handlers can only be set in the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_guarded(prog: str, body: Callable[[], int | None], verbose: bool = False) -> int:
     """Run a command body; turn every exception into one error line and an exit code."""
     try:
-        code = body()
+        with _sigterm_unwinds():
+            code = body()
         return EXIT_OK if code is None else int(code)
+    except Terminated:
+        print_error(prog, "terminated (SIGTERM)")
+        return EXIT_TERMINATED
     except TotalSegmentatorError as exc:
         if verbose:
             traceback.print_exc()
