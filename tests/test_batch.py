@@ -456,6 +456,32 @@ def test_interrupt_writes_the_summary(weights, tmp_path, monkeypatch, capsys):
     assert statuses(read_summary(out)[0]) == {"s0": "skipped", "s1": "done", "s2": "done"}
 
 
+
+def test_sigterm_stops_the_batch_with_its_summary(weights, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    import totalsegmentator.python_api as python_api
+
+    for i in range(3):
+        write_phantom(tmp_path / "scans" / f"s{i}.nii.gz", seed=i)
+    real = python_api.totalsegmentator
+    calls = []
+
+    def terminated_in_second(**kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler raises here, in the predicting (main) thread
+        return real(**kwargs)
+
+    monkeypatch.setattr(python_api, "totalsegmentator", terminated_in_second)
+    out = tmp_path / "out"
+    code = totalseg_batch.main(["-i", str(tmp_path / "scans"), "-o", str(out), "-f", "-d", "cpu", "--ml"])
+    captured = capsys.readouterr()
+    assert code == 143 and captured.err.strip().splitlines()[-1] == "totalseg_batch: error: terminated (SIGTERM)"
+    data, _ = read_summary(out)
+    assert data["interrupted"] is True and statuses(data) == {"s0": "done", "s1": "not_run", "s2": "not_run"}
+
 @pytest.mark.parametrize("argv, fragment", [
     (["-rs", "livr"], "did you mean 'liver'"),
     (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "not allowed with argument"),

@@ -163,7 +163,7 @@ def _run(cases: list[Case], spec: BatchSpec, state: BatchState, show: bool, over
             bar.set_postfix(failed=failed, refresh=False)
         bar.update(1)
 
-    interrupted = False
+    interrupted: KeyboardInterrupt | None = None
     try:
         if mode == "local":
             from .runner import run_local
@@ -179,17 +179,17 @@ def _run(cases: list[Case], spec: BatchSpec, state: BatchState, show: bool, over
 
             run_distributed(todo, spec, state, scheduler=scheduler, workers=workers, client=client,
                             torch_threads=torch_threads, on_result=on_result, on_ready=start_bar)
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM in the command (its Terminated)
+        interrupted = exc
     finally:
         if bar is not None:
             bar.close()
     ordered = [results.get(c.case_id) or CaseResult(c.case_id, c.input, "not_run") for c in cases]
     fatal = next((r for r in ordered if r.fatal), None)
     summary = BatchSummary(state.output, ordered, time.perf_counter() - start, started_at, mode,
-                           interrupted=interrupted, aborted=fatal.error if fatal else None,
+                           interrupted=interrupted is not None, aborted=fatal.error if fatal else None,
                            options={k: v for k, v in spec.options.items() if k != "license_number"})
     summary.write()
-    if interrupted:
-        raise BatchInterrupted(summary)
+    if interrupted is not None:
+        raise BatchInterrupted(summary) from interrupted
     return summary

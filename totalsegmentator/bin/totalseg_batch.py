@@ -10,8 +10,8 @@ import sys
 from collections.abc import Sequence
 from functools import partial
 
-from ._common import (EXIT_INTERRUPTED, EXIT_OK, OneLineParser, absolute_path, print_error, run_command,
-                      skip_final_collection)
+from ._common import (EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, OneLineParser, Terminated, absolute_path,
+                      print_error, run_command, skip_final_collection)
 from .TotalSegmentator import (answer_listing, api_kwargs_from_args, build_parser as build_single_parser,
                                require_input_output)
 
@@ -126,6 +126,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             torch_threads=args.torch_threads, **options)
     except BatchInterrupted as exc:
         _report(exc.summary, args.quiet)
+        if isinstance(exc.__cause__, Terminated):
+            print_error(PROG, "terminated (SIGTERM)")
+            return EXIT_TERMINATED
         print_error(PROG, "interrupted")
         return EXIT_INTERRUPTED
     _report(summary, args.quiet)
