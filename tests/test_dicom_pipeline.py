@@ -17,7 +17,9 @@ from totalsegmentator.inference.cache import clear_cache
 from totalsegmentator.io.dicom_input import load_dicom
 from totalsegmentator.io.label_header import load_multilabel_nifti
 from totalsegmentator.python_api import totalsegmentator
-from totalsegmentator.testing.tiny_weights import install_task_weights
+from totalsegmentator import config
+from totalsegmentator.registry import get_task
+from totalsegmentator.testing.tiny_weights import install_task_weights, make_constant_model
 
 
 @pytest.fixture
@@ -113,3 +115,17 @@ def test_cli_refuses_dicom_output_for_nifti_input(fast_home, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "DICOM" in err[0]
     assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_nothing_found_with_dicom_output_writes_no_file(fast_home, tmp_path, capsys):
+    write_series(tmp_path / "in", rows=30, cols=34, n_slices=14, pixel_spacing=(2.0, 2.5), slice_spacing=3.0)
+    fast = get_task("total").modes["fast"]
+    make_constant_model(next(config.weights_dir().glob(f"Dataset{fast.dataset_ids[0]}_*/*")), 0)
+    clear_cache()
+    out = tmp_path / "out" / "case"
+    code = main(["-i", str(tmp_path / "in"), "-o", str(out), "--fast", "-d", "cpu", "-q",
+                 "-ot", "nifti,dicom_seg,dicom_rtstruct"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err == ["TotalSegmentator: error: the segmentation is empty (no class of the task was "
+                                 "found), so there is nothing to write as DICOM"]
+    assert not out.parent.exists() or not list(out.parent.iterdir())  # not even the NIfTI of the three

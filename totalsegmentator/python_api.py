@@ -206,10 +206,12 @@ def _relabel_v1(labels: np.ndarray, label_map: dict[int, str], v1_name: str):
 
 def _write_outputs(opts: Options, task, img, series, labels, affine, ref_img, label_map, ml_labels, ml_map,
                    output: Path) -> None:
-    from .io.dicom_common import dicom_output_paths, write_dicom_outputs
+    from .io.dicom_common import dicom_output_paths, non_empty_classes, write_dicom_outputs
 
     types = opts.output_types
     targets = dicom_output_paths(output, types, task.name, series.series_uid if series is not None else "")
+    if DICOM_TYPES.intersection(targets):
+        non_empty_classes(labels, label_map)  # a DICOM output of nothing is refused before any file is written
     if "nifti" in targets:
         multilabel = opts.ml or len(types) > 1
         write_nifti_outputs(labels, affine, ref_img, label_map, targets["nifti"], multilabel, opts.nr_thr_saving,
