@@ -149,7 +149,8 @@ def test_the_run_has_no_collections_and_the_process_skips_the_last(nifti, tmp_pa
 def test_flags_reach_the_api(tmp_path, api_calls, capsys, argv, expected):
     dicom = tmp_path / "dcm"  # a DICOM folder so that DICOM output types are allowed
     dicom.mkdir()
-    code, _, err = run_main(capsys, ["-i", str(dicom), "-o", str(tmp_path / "o"), *argv])
+    out = tmp_path / ("o.nii.gz" if "-ml" in argv else "o")  # --ml writes one NIfTI file
+    code, _, err = run_main(capsys, ["-i", str(dicom), "-o", str(out), *argv])
     assert code == 0, err
     kwargs = api_calls[0]
     assert {k: kwargs[k] for k in expected} == expected

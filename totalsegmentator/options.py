@@ -217,9 +217,9 @@ class Options:
         opts._check_model_choice(task)
         opts._check_roi_subset(task)
         opts._check_output_types()
-        opts._check_output_location()
         opts._check_save_lowres()
         opts._check_statistics()
+        opts._check_output_location()  # after the checks of what is written, whose messages say more
         if opts.license_number is not None:
             from .config import check_license_format
             check_license_format(str(opts.license_number))
@@ -316,6 +316,9 @@ class Options:
                     (f"--output_type {types[0]}", "segmentation.dcm")
                 raise OptionError(f"output '{out}' is a folder; with {how} it is the file to write, "
                                   f"e.g. '{out / example}'")
+            if types[0] == "nifti" and not is_nifti_path(out):  # nibabel could not even read it back by its name
+                raise OptionError(f"with --ml the output is one NIfTI file: give a name ending in .nii.gz (or .nii), "
+                                  f"not '{out.name}'")
             folder = out.parent
         else:  # dicom_seg or several types: into an existing folder, else beside the named file
             folder = out if out.is_dir() else out.parent

@@ -62,7 +62,9 @@ def validate_batch_options(options: dict[str, Any], output: Path) -> Options:
     dicom = any(t != "nifti" for t in types)
     # stand-in input: a folder for DICOM output (which needs DICOM input), else a tiny image
     dummy: Any = str(output.parent) if dicom else nib.Nifti1Image(np.zeros((1, 1, 1), np.int16), np.eye(4))
-    return Options(input=dummy, output=str(output / "case"), **kwargs).validated()
+    # a stand-in case output too: <out>/<case_id>/ per class, <out>/<case_id>.nii.gz with ml (process.py)
+    case = "case.nii.gz" if kwargs.get("ml") and types == ["nifti"] else "case"
+    return Options(input=dummy, output=str(output / case), **kwargs).validated()
 
 
 def _warn(message: str) -> None:
