@@ -290,9 +290,10 @@ def test_output_that_cannot_be_written_is_refused_before_any_model_runs(tmp_path
             f"e.g. '{folder / 'segmentation.nii.gz'}'") in _error(input=nifti, output=folder, ml=True)
     assert "with --output_type dicom_rtstruct it is the file to write" in _error(
         input=dicom_dir, output=folder, output_type="dicom_rtstruct")
-    assert "with --ml the output is one NIfTI file: give a name ending in .nii.gz (or .nii), not 'seg'" in _error(
-        input=nifti, output=tmp_path / "seg", ml=True)
-    assert "not 'seg.mgz'" in _error(input=nifti, output=tmp_path / "seg.mgz", ml=True)
+    # the names nibabel's save (the official tool's writer) cannot write as one file
+    for name in ("seg.gz", "seg.nii.bz2", "seg.img"):
+        assert f"with --ml the output is one image file: name it .nii.gz, .nii or .mgz, not '{name}'" in _error(
+            input=nifti, output=tmp_path / name, ml=True)
     below_a_file = a_file / "sub" / "seg.nii.gz"
     assert f"cannot make the output folder '{below_a_file.parent}': '{a_file}' is a file" in _error(
         input=nifti, output=below_a_file, ml=True)
@@ -302,7 +303,8 @@ def test_output_that_cannot_be_written_is_refused_before_any_model_runs(tmp_path
     # (overwritten), a DICOM SEG or several types into an existing folder
     a_file = a_file.rename(tmp_path / "taken.nii.gz")
     for kwargs in ({"output": folder}, {"output": tmp_path / "new" / "seg"}, {"output": a_file, "ml": True},
-                   {"output": tmp_path / "SEG.NII", "ml": True}, {"input": dicom_dir, "output": tmp_path / "rt",
+                   {"output": tmp_path / "SEG.NII", "ml": True}, {"output": tmp_path / "seg", "ml": True},
+                   {"output": tmp_path / "seg.mgz", "ml": True}, {"input": dicom_dir, "output": tmp_path / "rt",
                                                                  "output_type": "dicom_rtstruct"},
                    {"input": dicom_dir, "output": folder, "output_type": "dicom_seg"},
                    {"input": dicom_dir, "output": folder, "output_type": "nifti,dicom_rtstruct"}):

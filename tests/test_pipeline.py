@@ -123,6 +123,27 @@ def total_fast_home(task_home):
     return task_home
 
 
+
+@pytest.mark.parametrize("name, written_as, compressed", [
+    ("seg", "seg.nii", False),  # nibabel's save (the official writer) adds .nii to a name without suffix
+    ("SEG.NII.GZ", "SEG.NII.GZ", True),
+    ("seg.nii", "seg.nii", False),
+    ("seg.mgz", "seg.mgz", True),  # converted to a FreeSurfer image, as nibabel's save does
+])
+def test_multilabel_file_named_as_nibabel_names_it(total_fast_home, tmp_path, capsys, name, written_as, compressed):
+    img = small_ct()
+    out = tmp_path / "out" / name
+    returned = totalsegmentator(img, out, ml=True, fast=True, device="cpu")
+    assert [p.name for p in out.parent.iterdir()] == [written_as]
+    path = out.parent / written_as
+    assert f"Saved the segmentation to {path}" in capsys.readouterr().out
+    assert (path.read_bytes()[:2] == b"\x1f\x8b") == compressed
+    written = nib.load(path)
+    np.testing.assert_array_equal(np.asarray(written.dataobj), np.asarray(returned.dataobj))
+    np.testing.assert_allclose(written.affine, img.affine, atol=1e-5)
+    if written_as != "seg.mgz":
+        assert load_multilabel_nifti(path)[1] == get_task("total").class_map
+
 def test_multilabel_file_with_label_header(total_fast_home, tmp_path):
     img = small_ct()
     out = tmp_path / "out" / "seg.nii.gz"

@@ -56,6 +56,8 @@ BODY_CROP_CLASSES = frozenset({"body_trunc", "body_extremities"})
 
 _DEVICE_RE = re.compile(r"^(gpu|cpu|mps|gpu:\d+)$")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# what nibabel writes as one file for a --ml name (as the official tool's nib.save); no suffix: ".nii" is added
+MULTILABEL_SUFFIXES = (*_NIFTI_SUFFIXES, ".mgz", ".mgh")
 
 
 @dataclass(frozen=True)
@@ -316,8 +318,8 @@ class Options:
                     (f"--output_type {types[0]}", "segmentation.dcm")
                 raise OptionError(f"output '{out}' is a folder; with {how} it is the file to write, "
                                   f"e.g. '{out / example}'")
-            if types[0] == "nifti" and not is_nifti_path(out):  # nibabel could not even read it back by its name
-                raise OptionError(f"with --ml the output is one NIfTI file: give a name ending in .nii.gz (or .nii), "
+            if types[0] == "nifti" and out.suffix and not out.name.lower().endswith(MULTILABEL_SUFFIXES):
+                raise OptionError(f"with --ml the output is one image file: name it .nii.gz, .nii or .mgz, "
                                   f"not '{out.name}'")
             folder = out.parent
         else:  # dicom_seg or several types: into an existing folder, else beside the named file

@@ -161,9 +161,10 @@ def run(opts: Options, timer: StageTimer) -> Any:
         stats = _statistics(opts, img, labels, label_map, result, task)
 
     output = Path(opts.output) if opts.output is not None else None
+    saved = output
     if output is not None and not opts.skip_saving:
         with timer.stage("write"):
-            _write_outputs(opts, task, img, series, labels, out_affine, ref_img, label_map, ml_labels, ml_map,
+            saved = _write_outputs(opts, task, img, series, labels, out_affine, ref_img, label_map, ml_labels, ml_map,
                            output)
     if output is not None and stats is not None:
         target = Path(opts.statistics) if isinstance(opts.statistics, (str, Path)) else \
@@ -179,7 +180,7 @@ def run(opts: Options, timer: StageTimer) -> Any:
     if opts.report:
         _write_report(opts, task, label_map, output, time.perf_counter() - start)
     if output is not None and not opts.skip_saving:
-        _log(f"Saved the segmentation to {output}", opts.quiet)
+        _log(f"Saved the segmentation to {saved}", opts.quiet)
     if opts.verbose:
         _log(f"stage times (s): {timer.as_dict()}", opts.quiet)
     return (seg_img, stats) if opts.statistics else seg_img
@@ -205,22 +206,27 @@ def _relabel_v1(labels: np.ndarray, label_map: dict[int, str], v1_name: str):
 
 
 def _write_outputs(opts: Options, task, img, series, labels, affine, ref_img, label_map, ml_labels, ml_map,
-                   output: Path) -> None:
+                   output: Path) -> Path:
+    """Write the outputs ``opts`` ask for; returns where they are (``output``, or the ``--ml`` file written)."""
     from .io.dicom_common import dicom_output_paths, non_empty_classes, write_dicom_outputs
 
     types = opts.output_types
     targets = dicom_output_paths(output, types, task.name, series.series_uid if series is not None else "")
     if DICOM_TYPES.intersection(targets):
         non_empty_classes(labels, label_map)  # a DICOM output of nothing is refused before any file is written
+    saved = output
     if "nifti" in targets:
         multilabel = opts.ml or len(types) > 1
-        write_nifti_outputs(labels, affine, ref_img, label_map, targets["nifti"], multilabel, opts.nr_thr_saving,
-                            ml_label_map=ml_map, ml_labels=ml_labels)
+        written = write_nifti_outputs(labels, affine, ref_img, label_map, targets["nifti"], multilabel,
+                                      opts.nr_thr_saving, ml_label_map=ml_map, ml_labels=ml_labels)
+        if multilabel and len(types) == 1:
+            saved = written[0]
         if task.derived_masks and not multilabel and not opts.no_derived_masks:
             write_body_derived_masks(labels, label_map, np.asanyarray(img.dataobj), affine, output)
     if len(types) > 1:
         next(iter(targets.values())).parent.mkdir(parents=True, exist_ok=True)
     write_dicom_outputs(labels, label_map, series, targets, task.name)
+    return saved
 
 
 def _statistics(opts: Options, img, labels, label_map, result, task) -> dict:

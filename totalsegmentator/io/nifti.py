@@ -374,8 +374,10 @@ def _write_stream(img: nib.Nifti1Image, raw, gz: bool, compresslevel: int) -> No
 def save_nifti_atomic(img: nib.Nifti1Image, path: PathLike, compresslevel: int = DEFAULT_COMPRESSLEVEL) -> Path:
     """Write ``img`` to ``path`` via a temporary file in the same folder and :func:`os.replace`.
 
-    Names ending in ``.gz`` are gzip-compressed at ``compresslevel`` (gzip time stamp 0, so identical images
-    give identical files); any other name is written uncompressed. The parent folder is created if needed.
+    Names ending in ``.gz`` (any case, as nibabel) are gzip-compressed at ``compresslevel`` (gzip time stamp 0, so
+    identical images give identical files); any other name is written uncompressed. The parent folder is created
+    if needed.
     """
     path = Path(path)
-    return write_atomic(path, lambda raw: _write_stream(img, raw, path.name.endswith(".gz"), compresslevel))
+    gz = path.name.lower().endswith(".gz")
+    return write_atomic(path, lambda raw: _write_stream(img, raw, gz, compresslevel))

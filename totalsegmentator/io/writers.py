@@ -23,7 +23,7 @@ from typing import Union
 import nibabel as nib
 import numpy as np
 
-from ..atomic_files import write_bytes_atomic
+from ..atomic_files import atomic_path, write_bytes_atomic
 from .label_header import LabelMap, add_label_map_to_nifti, remove_label_extensions
 from .nifti import DEFAULT_COMPRESSLEVEL, nifti_bytes, nifti_header_bytes, save_nifti_atomic
 
@@ -113,9 +113,24 @@ def write_per_class(seg_xyz: np.ndarray, class_map: Mapping[int, str], ref_img: 
 def write_multilabel(seg_xyz: np.ndarray, label_map: LabelMap, ref_img: nib.Nifti1Image, path: PathLike,
                      affine: np.ndarray | None = None,
                      compresslevel: int = DEFAULT_COMPRESSLEVEL) -> Path:
-    """Write the multilabel uint8 volume with the label-name extension appended after the copied ones."""
+    """Write the multilabel uint8 volume with the label-name extension appended after the copied ones.
+
+    Named as nibabel's save names and converts (the official tool's ``--ml`` output): a name without suffix gets
+    ``.nii``; ``.mgz``/``.mgh`` make a FreeSurfer image (which has no room for the label names). Returns the path
+    written."""
+    path = multilabel_path(path)
     img = add_label_map_to_nifti(segmentation_image(seg_xyz, ref_img, affine), label_map)
+    if path.name.lower().endswith((".mgz", ".mgh")):
+        with atomic_path(path, suffix=path.suffix) as tmp:
+            nib.save(img, tmp)
+        return path
     return save_nifti_atomic(img, path, compresslevel)
+
+
+def multilabel_path(path: PathLike) -> Path:
+    """Where a ``--ml`` output named ``path`` is written: ``.nii`` added to a name without suffix (nibabel's rule)."""
+    path = Path(path)
+    return path if path.suffix else path.with_name(path.name + ".nii")
 
 
 def write_multilabel_image(img: nib.Nifti1Image, path: PathLike,
