@@ -12,8 +12,8 @@ import string
 from pathlib import Path
 from typing import Any
 
-from .errors import LicenseError
 from .atomic_files import write_json_atomic
+from .errors import LicenseError
 from .registry import ACADEMIC_LICENSE_URL
 
 LICENSE_PREFIX = "aca_"

@@ -10,11 +10,11 @@ import nibabel as nib
 import numpy as np
 
 from . import config
+from .atomic_files import write_json_atomic
 from .errors import OptionError
 from .gc_pause import garbage_collection_paused
 from .heap_reuse import reuse_freed_memory
 from .options import Options
-from .atomic_files import write_json_atomic
 from .outputs import DICOM_TYPES, extras_dir, multilabel_image, write_body_derived_masks, write_nifti_outputs
 from .registry import ROUGH_KIND_TO_MODE, extra_class_map, get_task
 from .timing import StageTimer
@@ -164,8 +164,8 @@ def run(opts: Options, timer: StageTimer) -> Any:
     saved = output
     if output is not None and not opts.skip_saving:
         with timer.stage("write"):
-            saved = _write_outputs(opts, task, img, series, labels, out_affine, ref_img, label_map, ml_labels, ml_map,
-                           output)
+            saved = _write_outputs(opts, task, img, series, labels, out_affine, ref_img, label_map, ml_labels,
+                                   ml_map, output)
     if output is not None and stats is not None:
         target = Path(opts.statistics) if isinstance(opts.statistics, (str, Path)) else \
             extras_dir(output, opts.ml or bool(set(opts.output_types) & DICOM_TYPES)) / "statistics.json"

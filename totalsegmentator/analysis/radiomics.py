@@ -14,8 +14,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from ..errors import InputImageError, OptionalDependencyError
 from ..atomic_files import write_json_atomic
+from ..errors import InputImageError, OptionalDependencyError
 
 RADIOMICS_SETTINGS: dict[str, Any] = {"resampledPixelSpacing": [3, 3, 3], "geometryTolerance": 1e-3}
 ENABLED_FEATURE_CLASSES = ("shape", "firstorder")

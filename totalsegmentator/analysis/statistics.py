@@ -13,8 +13,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from ..errors import InputImageError, OptionError
 from ..atomic_files import write_json_atomic
+from ..errors import InputImageError, OptionError
 
 BORDER_VOXELS = 3
 

@@ -18,9 +18,9 @@ from pathlib import Path, PurePosixPath
 
 import nibabel as nib
 import pydicom
-from pydicom.misc import is_dicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.misc import is_dicom
 
 from totalsegmentator.errors import DicomError
 

@@ -8,7 +8,6 @@ folds and spacing default to what the task registry says for the dataset id. The
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,8 +224,7 @@ def write_tiny_dataset(weights_dir: Path | str | None, dataset_id: int, labels: 
             "trainer_name": trainer,
             "inference_allowed_mirroring_axes": (0, 1, 2),
         }
-        write_atomic(result_folder / f"fold_{fold}" / "checkpoint_final.pth",
-                            lambda f, c=checkpoint: torch.save(c, f))
+        write_atomic(result_folder / f"fold_{fold}" / "checkpoint_final.pth", lambda f, c=checkpoint: torch.save(c, f))
     return result_folder
 
 
