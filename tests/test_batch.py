@@ -428,7 +428,22 @@ def test_memory_is_bounded_by_the_prefetch_queue(weights, tmp_path, monkeypatch)
     assert 2 <= peak[0] <= 1 + 4
 
 
-def test_interrupt_writes_the_summary(weights, tmp_path, monkeypatch, capsys):
+def _raise_ctrl_c() -> None:
+    raise KeyboardInterrupt
+
+
+def _send_sigterm() -> None:
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGTERM)  # the command's handler raises at once, here in the predicting thread
+
+
+@pytest.mark.parametrize("stop, code, message", [
+    (_raise_ctrl_c, 130, "interrupted"),
+    (_send_sigterm, 143, "terminated (SIGTERM)"),  # a scheduler's stop or time limit
+])
+def test_interrupt_writes_the_summary(weights, tmp_path, monkeypatch, capsys, stop, code, message):
     import totalsegmentator.python_api as python_api
 
     for i in range(3):
@@ -436,17 +451,17 @@ def test_interrupt_writes_the_summary(weights, tmp_path, monkeypatch, capsys):
     real = python_api.totalsegmentator
     calls = []
 
-    def interrupted_second(**kwargs):
+    def stopped_in_second(**kwargs):
         calls.append(1)
         if len(calls) == 2:
-            raise KeyboardInterrupt
+            stop()
         return real(**kwargs)
 
-    monkeypatch.setattr(python_api, "totalsegmentator", interrupted_second)
+    monkeypatch.setattr(python_api, "totalsegmentator", stopped_in_second)
     out = tmp_path / "out"
-    code = totalseg_batch.main(["-i", str(tmp_path / "scans"), "-o", str(out), "-f", "-d", "cpu", "--ml"])
+    got = totalseg_batch.main(["-i", str(tmp_path / "scans"), "-o", str(out), "-f", "-d", "cpu", "--ml"])
     captured = capsys.readouterr()
-    assert code == 130 and "totalseg_batch: error: interrupted" in captured.err
+    assert got == code and captured.err.strip().splitlines()[-1] == f"totalseg_batch: error: {message}"
     assert "3 cases: 1 done, 0 failed, 2 not run" in captured.out
     data, _ = read_summary(out)
     assert data["interrupted"] is True and statuses(data) == {"s0": "done", "s1": "not_run", "s2": "not_run"}
@@ -455,32 +470,6 @@ def test_interrupt_writes_the_summary(weights, tmp_path, monkeypatch, capsys):
     assert totalseg_batch.main(["-i", str(tmp_path / "scans"), "-o", str(out), "-f", "-d", "cpu", "--ml", "-q"]) == 0
     assert statuses(read_summary(out)[0]) == {"s0": "skipped", "s1": "done", "s2": "done"}
 
-
-
-def test_sigterm_stops_the_batch_with_its_summary(weights, tmp_path, monkeypatch, capsys):
-    import os
-    import signal
-
-    import totalsegmentator.python_api as python_api
-
-    for i in range(3):
-        write_phantom(tmp_path / "scans" / f"s{i}.nii.gz", seed=i)
-    real = python_api.totalsegmentator
-    calls = []
-
-    def terminated_in_second(**kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)  # the handler raises here, in the predicting (main) thread
-        return real(**kwargs)
-
-    monkeypatch.setattr(python_api, "totalsegmentator", terminated_in_second)
-    out = tmp_path / "out"
-    code = totalseg_batch.main(["-i", str(tmp_path / "scans"), "-o", str(out), "-f", "-d", "cpu", "--ml"])
-    captured = capsys.readouterr()
-    assert code == 143 and captured.err.strip().splitlines()[-1] == "totalseg_batch: error: terminated (SIGTERM)"
-    data, _ = read_summary(out)
-    assert data["interrupted"] is True and statuses(data) == {"s0": "done", "s1": "not_run", "s2": "not_run"}
 
 @pytest.mark.parametrize("argv, fragment", [
     (["-rs", "livr"], "did you mean 'liver'"),
