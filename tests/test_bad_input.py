@@ -125,3 +125,26 @@ def test_refused_dicom_series_is_one_line_on_stderr(fast_weights, tmp_path):
         f"TotalSegmentator: error: DICOM series {series.series_uid} cannot be converted: slices are missing or "
         "unevenly spaced (SLICE_INCREMENT_INCONSISTENT)"]
     assert not out.exists()
+
+
+def test_full_disk_while_writing_is_one_clear_line(fast_weights, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from totalsegmentator import atomic_files
+
+    path = tmp_path / "ct.nii.gz"
+    nib.save(_good(), path)
+    real_replace = atomic_files.os.replace
+
+    def disk_full(src, dst):
+        if str(dst).endswith("spleen.nii.gz"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(atomic_files.os, "replace", disk_full)
+    out = tmp_path / "seg"
+    code = main(["-i", str(path), "-o", str(out), "--fast", "-d", "cpu", "-q", "-ns", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err == [f"TotalSegmentator: error: cannot write {out / 'spleen.nii.gz'}: No space left on device"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp file left behind

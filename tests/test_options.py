@@ -311,6 +311,20 @@ def test_output_that_cannot_be_written_is_refused_before_any_model_runs(tmp_path
         kwargs.setdefault("input", nifti)
         Options(**kwargs).validated()
 
+
+def test_output_folder_without_write_permission_is_refused_before_the_run(tmp_path, nifti, monkeypatch):
+    from totalsegmentator import options as options_module
+    from totalsegmentator.errors import OutputError
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    # the permission bits themselves cannot be tested as root (which ignores them): os.access says no instead
+    monkeypatch.setattr(options_module.os, "access", lambda path, mode: Path(path) != locked)
+    for output, ml in ((locked / "seg", False), (locked / "seg.nii.gz", True), (locked, False)):
+        with pytest.raises(OutputError, match=f"cannot write to the output folder '{locked}': permission denied"):
+            Options(input=nifti, output=output, ml=ml).validated()
+    Options(input=nifti, output=tmp_path / "free" / "seg").validated()
+
 def test_notices(nifti, tmp_path):
     opts = Options(input=nifti, nora_tag="proj1", v1_order=True, task="body", crop_path=tmp_path).validated()
     notes = opts.notices()

@@ -26,6 +26,10 @@ class DicomError(InputImageError):
     """A DICOM input that cannot be converted, or a DICOM output that cannot be written."""
 
 
+class OutputError(TotalSegmentatorError):
+    """An output cannot be written: no permission, a full disk, a file where a folder belongs."""
+
+
 class WeightsError(TotalSegmentatorError):
     """Model weights are missing and cannot be downloaded, or a weights archive is unusable."""
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputImageError, OptionError
+from .errors import InputImageError, OptionError, OutputError
 from .registry import CropRule, Mode, Task, get_task, raw_registry, task_registry
 
 # Parameter names of the official totalsegmentator() function, in signature order.
@@ -329,6 +329,8 @@ class Options:
             existing = existing.parent
         if existing.exists() and not existing.is_dir():
             raise OptionError(f"cannot make the output folder '{folder}': '{existing}' is a file")
+        if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot write to the output folder '{existing}': permission denied")
 
     def _check_save_lowres(self) -> None:
         if not self.save_lowres:

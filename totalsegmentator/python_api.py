@@ -1,8 +1,10 @@
 """``totalsegmentator()``: the official Python entry point, a thin layer over options, weights and the pipeline."""
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import numpy as np
 
 from . import config
 from .atomic_files import write_json_atomic
-from .errors import OptionError
+from .errors import OptionError, OutputError
 from .gc_pause import garbage_collection_paused
 from .heap_reuse import reuse_freed_memory
 from .options import Options
@@ -162,20 +164,21 @@ def run(opts: Options, timer: StageTimer) -> Any:
 
     output = Path(opts.output) if opts.output is not None else None
     saved = output
-    if output is not None and not opts.skip_saving:
-        with timer.stage("write"):
-            saved = _write_outputs(opts, task, img, series, labels, out_affine, ref_img, label_map, ml_labels,
-                                   ml_map, output)
-    if output is not None and stats is not None:
-        target = Path(opts.statistics) if isinstance(opts.statistics, (str, Path)) else \
-            extras_dir(output, opts.ml or bool(set(opts.output_types) & DICOM_TYPES)) / "statistics.json"
-        write_json_atomic(stats, target)
-    if output is not None and opts.preview and result.lowres is not None:
-        _preview(opts, task, result, output)
-    if opts.radiomics and output is not None:
-        from .analysis.radiomics import get_radiomics_features_for_entire_dir
+    with _output_errors():
+        if output is not None and not opts.skip_saving:
+            with timer.stage("write"):
+                saved = _write_outputs(opts, task, img, series, labels, out_affine, ref_img, label_map, ml_labels,
+                                       ml_map, output)
+        if output is not None and stats is not None:
+            target = Path(opts.statistics) if isinstance(opts.statistics, (str, Path)) else \
+                extras_dir(output, opts.ml or bool(set(opts.output_types) & DICOM_TYPES)) / "statistics.json"
+            write_json_atomic(stats, target)
+        if output is not None and opts.preview and result.lowres is not None:
+            _preview(opts, task, result, output)
+        if opts.radiomics and output is not None:
+            from .analysis.radiomics import get_radiomics_features_for_entire_dir
 
-        get_radiomics_features_for_entire_dir(img, output, output / "statistics_radiomics.json")
+            get_radiomics_features_for_entire_dir(img, output, output / "statistics_radiomics.json")
     config.increase_prediction_counter()
     if opts.report:
         _write_report(opts, task, label_map, output, time.perf_counter() - start)
@@ -194,6 +197,16 @@ def _check_optional_features(opts: Options, task) -> None:
         require_pyradiomics()
     if opts.preview and not task.preview_roi_groups:
         raise OptionError(f"task '{task.name}' has no preview definition; run it without --preview")
+
+
+@contextlib.contextmanager
+def _output_errors() -> Iterator[None]:
+    """A file system's refusal while the outputs are written (no permission, disk full) as one clear line."""
+    try:
+        yield
+    except OSError as e:
+        where = f" {e.filename}" if e.filename else " the outputs"
+        raise OutputError(f"cannot write{where}: {e.strerror or e}") from e
 
 
 def _relabel_v1(labels: np.ndarray, label_map: dict[int, str], v1_name: str):
