@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from totalsegmentator import config
-from totalsegmentator.errors import LicenseError
+from totalsegmentator.errors import ConfigError, LicenseError
 
 ACADEMIC_URL = "https://backend.totalsegmentator.com/license-academic/"
 
@@ -70,11 +70,27 @@ def test_update_config_and_counter(totalseg_home):
     assert not [p.name for p in totalseg_home.iterdir() if p.name != "config.json"]  # no temp files left
 
 
-@pytest.mark.parametrize("content", ["{not json", "[1, 2]", ""])
-def test_unusable_config_counts_as_missing(totalseg_home, content):
+@pytest.mark.parametrize("content", ['{"license_number": "aca_', "[1, 2]", ""])
+def test_unusable_config_is_set_aside_and_replaced(totalseg_home, content, capsys):
     (totalseg_home / "config.json").write_text(content)
     assert config.load_config() is None
     assert "totalseg_id" in config.setup_config()
+    assert "totalseg_id" in json.loads((totalseg_home / "config.json").read_text())
+    # what it held (perhaps a license number) is kept for the user, and they are told where
+    assert (totalseg_home / "config.json.unreadable").read_text() == content
+    assert capsys.readouterr().err.strip() == (f"TotalSegmentator: warning: {totalseg_home / 'config.json'} was not "
+                                               "a valid JSON object; kept as config.json.unreadable and replaced by a "
+                                               "new one")
+
+
+def test_home_that_is_a_file_is_one_clear_error(tmp_path, monkeypatch, clean_env):
+    home = tmp_path / "home"
+    home.write_text("not a folder")
+    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(home))
+    with pytest.raises(ConfigError, match=f"the TotalSegmentator home '{home}' is a file, not a folder"):
+        config.setup_config()
+    config.increase_prediction_counter()  # after a finished run a counter that cannot be kept is no error
+    assert home.read_text() == "not a folder"
 
 
 def test_license_format():

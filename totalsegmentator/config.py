@@ -9,11 +9,12 @@ import json
 import os
 import random
 import string
+import sys
 from pathlib import Path
 from typing import Any
 
 from .atomic_files import write_json_atomic
-from .errors import LicenseError
+from .errors import ConfigError, LicenseError, TotalSegmentatorError
 from .registry import ACADEMIC_LICENSE_URL
 
 LICENSE_PREFIX = "aca_"
@@ -59,22 +60,47 @@ def load_config() -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _write_config(config: dict[str, Any]) -> None:
+    home = home_dir()
+    if home.exists() and not home.is_dir():
+        raise ConfigError(f"the TotalSegmentator home '{home}' is a file, not a folder "
+                          "(TOTALSEG_HOME_DIR must name a folder)")
+    try:
+        write_json_atomic(config, config_path())
+    except OSError as e:
+        raise ConfigError(f"cannot write {config_path()}: {e.strerror or e}") from None
+
+
+def _set_aside_unreadable(path: Path) -> None:
+    """Keep an existing but unreadable config.json (it may hold a license number) beside the new one."""
+    if not path.is_file():
+        return
+    aside = path.with_name(path.name + ".unreadable")
+    try:
+        os.replace(path, aside)
+    except OSError:  # another process set it aside first, or the folder is read-only (writing fails next)
+        return
+    print(f"TotalSegmentator: warning: {path} was not a valid JSON object; kept as {aside.name} and replaced "
+          "by a new one", file=sys.stderr)
+
+
 def setup_config(totalseg_id: str | None = None) -> dict[str, Any]:
-    """Create config.json with the official keys if missing; return its content."""
+    """Create config.json with the official keys if missing (an unreadable one is set aside); return its content."""
     config = load_config()
     if config is None:
+        _set_aside_unreadable(config_path())
         config = {"totalseg_id": totalseg_id or _new_id(), "send_usage_stats": True, "prediction_counter": 0}
-        write_json_atomic(config, config_path())
+        _write_config(config)
     elif totalseg_id is not None and config.get("totalseg_id") != totalseg_id:
         config["totalseg_id"] = totalseg_id
-        write_json_atomic(config, config_path())
+        _write_config(config)
     return config
 
 
 def update_config(**changes: Any) -> dict[str, Any]:
     config = setup_config()
     config.update(changes)
-    write_json_atomic(config, config_path())
+    _write_config(config)
     return config
 
 
@@ -83,7 +109,7 @@ def increase_prediction_counter() -> None:
     try:
         config = setup_config()
         update_config(prediction_counter=int(config.get("prediction_counter", 0)) + 1)
-    except OSError:
+    except (OSError, TotalSegmentatorError):
         pass
 
 

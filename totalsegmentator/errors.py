@@ -26,6 +26,10 @@ class DicomError(InputImageError):
     """A DICOM input that cannot be converted, or a DICOM output that cannot be written."""
 
 
+class ConfigError(TotalSegmentatorError):
+    """The home folder (``TOTALSEG_HOME_DIR``) or its config.json cannot be used."""
+
+
 class OutputError(TotalSegmentatorError):
     """An output cannot be written: no permission, a full disk, a file where a folder belongs."""
 
