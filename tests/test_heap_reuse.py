@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from totalsegmentator import heap_reuse
+from totalsegmentator.preprocessing import splitting
 
 pytestmark = pytest.mark.skipif(heap_reuse._glibc() is None, reason="needs glibc's malloc")
 
@@ -159,7 +160,8 @@ def test_fault_in_only_inside_a_run_and_once_per_run(fault_in_sizes):
 def test_fault_in_is_bounded_by_the_available_memory_and_its_limit(fault_in_sizes, monkeypatch):
     for available, asked, expected in [(4 * BLOCK, 10 * BLOCK, BLOCK), (1 << 40, 1 << 34, heap_reuse._FAULT_IN_LIMIT),
                                        (None, BLOCK, None), (4 * BLOCK, 0, None)]:
-        monkeypatch.setattr(heap_reuse, "_available_memory_bytes", lambda: available)
+        monkeypatch.setattr(splitting, "available_memory_bytes",
+                            lambda device, fraction, a=available: None if a is None else int(a * fraction))
         with heap_reuse.reuse_freed_memory():
             thread = heap_reuse.fault_in_background(asked)
             if thread is not None:

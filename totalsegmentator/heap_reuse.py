@@ -104,17 +104,6 @@ def reuse_freed_memory(trim: bool = True) -> Iterator[bool]:
                     libc.malloc_trim(0)
 
 
-def _available_memory_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def _allocate(libc: ctypes.CDLL, nbytes: int) -> list[tuple[int, int]]:
     """``(address, size)`` blocks of ``nbytes`` in all (fewer where malloc fails), not yet written."""
     blocks = []
@@ -143,12 +132,14 @@ def fault_in_background(nbytes: int) -> threading.Thread | None:
     calling thread, which runs the tiles (a thread of its own could get another of glibc's arenas). Only once
     while freed memory is kept (``reuse_freed_memory``; a batch's later cases find the heap warm), and at most
     1.5 GiB and a quarter of the available memory. Returns the thread, or None when there is nothing to do."""
+    from .preprocessing.splitting import available_memory_bytes  # the pipeline's own measure (psutil)
+
     global _faulted_in
     with _lock:
         if _depth == 0 or _faulted_in:
             return None
-        available = _available_memory_bytes()
-        size = min(int(nbytes), _FAULT_IN_LIMIT, available // 4) if available is not None else 0
+        quarter = available_memory_bytes("cpu", fraction=0.25)
+        size = min(int(nbytes), _FAULT_IN_LIMIT, quarter) if quarter is not None else 0
         if size <= 0:
             return None
         _faulted_in = True

@@ -170,9 +170,7 @@ def run(opts: Options, timer: StageTimer) -> Any:
                 saved = _write_outputs(opts, task, img, series, labels, out_affine, ref_img, label_map, ml_labels,
                                        ml_map, output)
         if output is not None and stats is not None:
-            target = Path(opts.statistics) if isinstance(opts.statistics, (str, Path)) else \
-                extras_dir(output, opts.ml or bool(set(opts.output_types) & DICOM_TYPES)) / "statistics.json"
-            write_json_atomic(stats, target)
+            write_json_atomic(stats, opts.statistics_file)
         if output is not None and opts.preview and result.lowres is not None:
             _preview(opts, task, result, output)
         if opts.radiomics and output is not None:

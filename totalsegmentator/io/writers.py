@@ -120,7 +120,7 @@ def write_multilabel(seg_xyz: np.ndarray, label_map: LabelMap, ref_img: nib.Nift
     written."""
     path = multilabel_path(path)
     img = add_label_map_to_nifti(segmentation_image(seg_xyz, ref_img, affine), label_map)
-    if path.name.lower().endswith((".mgz", ".mgh")):
+    if not path.name.lower().endswith((".nii", ".nii.gz")):  # a format the options allow (.mgz): nibabel's save
         with atomic_path(path, suffix=path.suffix) as tmp:
             nib.save(img, tmp)
         return path
