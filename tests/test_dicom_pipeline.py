@@ -129,3 +129,11 @@ def test_nothing_found_with_dicom_output_writes_no_file(fast_home, tmp_path, cap
     assert code == 1 and err == ["TotalSegmentator: error: the segmentation is empty (no class of the task was "
                                  "found), so there is nothing to write as DICOM"]
     assert not out.parent.exists() or not list(out.parent.iterdir())  # not even the NIfTI of the three
+
+
+def test_preview_with_dicom_output_lies_beside_the_file(fast_home, tmp_path):
+    write_series(tmp_path / "in", rows=30, cols=34, n_slices=14, pixel_spacing=(2.0, 2.5), slice_spacing=3.0)
+    out = tmp_path / "out" / "seg.dcm"
+    totalsegmentator(tmp_path / "in", out, fast=True, device="cpu", quiet=True, output_type="dicom_seg", preview=True)
+    # formats.md section 9: extra files go next to the file with --ml or DICOM output (not inside seg.dcm)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["preview_total.png", "seg.dcm"]

@@ -17,7 +17,7 @@ from .errors import OptionError, OutputError
 from .gc_pause import garbage_collection_paused
 from .heap_reuse import reuse_freed_memory
 from .options import Options
-from .outputs import DICOM_TYPES, extras_dir, multilabel_image, write_body_derived_masks, write_nifti_outputs
+from .outputs import DICOM_TYPES, multilabel_image, write_body_derived_masks, write_nifti_outputs
 from .registry import ROUGH_KIND_TO_MODE, extra_class_map, get_task
 from .timing import StageTimer
 
@@ -263,7 +263,7 @@ def _preview(opts: Options, task, result, output: Path) -> None:
     from .analysis.preview import generate_preview
 
     low = result.lowres
-    target = extras_dir(output, opts.ml) / f"preview_{task.name}.png"
+    target = opts.output_dir / f"preview_{task.name}.png"
     generate_preview(nib.Nifti1Image(low.image, low.affine), low.labels, result.label_map,
                      task.preview_roi_groups, target)
 
